@@ -1,0 +1,262 @@
+"""Cohort feature extraction from a manifest: parallel, cached by content hash, error per case.
+
+Manifest (CSV): ``case_id, image, mask`` plus any other columns (label, site, clinical
+values, ...), which are passed through to the feature table unchanged. Relative paths are
+resolved against the manifest's folder. An optional ``mask_label`` column overrides the
+mask label value per case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from .errors import InputError, RadFusionError
+from .features import CaseFeatureExtractor, ExtractionConfig, hash_inputs
+
+REQUIRED_COLUMNS = ("case_id", "image", "mask")
+ENGINE_COLUMNS = ("image", "mask", "mask_label")  # consumed, not passed through
+CACHE_DIRNAME = ".radfusion_cache"
+
+
+@dataclass
+class CaseTask:
+    """One manifest row, resolved: what a worker needs to extract one case."""
+
+    case_id: str
+    image: str
+    mask: str
+    label: int | None
+    passthrough: dict[str, Any]
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a cohort manifest (required columns, unique case ids)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"manifest not found: {path}")
+    manifest = pd.read_csv(path, dtype={"case_id": str})
+    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise InputError(
+            f"manifest {path} lacks column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)} "
+            f"(found: {', '.join(manifest.columns)})"
+        )
+    if manifest["case_id"].isna().any():
+        rows = [int(i) + 2 for i in manifest.index[manifest["case_id"].isna()]]
+        raise InputError(f"manifest {path}: empty case_id on line(s) {rows}")
+    duplicated = manifest["case_id"][manifest["case_id"].duplicated()].unique().tolist()
+    if duplicated:
+        raise InputError(f"manifest {path}: duplicate case_id(s) {', '.join(map(str, duplicated[:10]))}")
+    return manifest
+
+
+def manifest_tasks(manifest: pd.DataFrame, base_dir: Path, default_label: int | None) -> list[CaseTask]:
+    """Resolve manifest rows into tasks (relative paths against the manifest's folder)."""
+    tasks = []
+    for row in manifest.to_dict(orient="records"):
+        label = row.get("mask_label")
+        label = default_label if label is None or pd.isna(label) else int(label)
+        passthrough = {k: v for k, v in row.items() if k not in ENGINE_COLUMNS and k != "case_id"}
+        tasks.append(
+            CaseTask(
+                case_id=str(row["case_id"]),
+                image=str(_resolve(base_dir, row["image"])),
+                mask=str(_resolve(base_dir, row["mask"])),
+                label=label,
+                passthrough=passthrough,
+            )
+        )
+    return tasks
+
+
+def _resolve(base_dir: Path, value: Any) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else base_dir / path
+
+
+class FeatureCache:
+    """One small JSON file per case, named by the content hash of its inputs and settings."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if self.folder is None:
+            return None
+        path = self.folder / f"{key}.json"
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def put(self, key: str, row: dict[str, Any]) -> None:
+        if self.folder is None:
+            return
+        _atomic_write_text(self.folder / f"{key}.json", json.dumps(row))
+
+
+# --- worker side -------------------------------------------------------------------------
+_WORKER_EXTRACTOR: CaseFeatureExtractor | None = None
+
+
+def _init_worker(config: dict[str, Any], torch_threads: int) -> None:
+    """Runs once per worker process: one extractor (one CNN in memory) per worker."""
+    global _WORKER_EXTRACTOR
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+    try:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    except ImportError:  # deep features disabled and torch absent
+        pass
+    _WORKER_EXTRACTOR = CaseFeatureExtractor(ExtractionConfig(**config))
+
+
+def _extract_task(task: CaseTask, key: str | None, config: dict[str, Any]) -> dict[str, Any]:
+    """Extract one case; any failure becomes the row's error message, never an exception."""
+    global _WORKER_EXTRACTOR
+    if _WORKER_EXTRACTOR is None:  # in-process (workers=1)
+        _WORKER_EXTRACTOR = CaseFeatureExtractor(ExtractionConfig(**config))
+    extractor = _WORKER_EXTRACTOR
+    extractor.config.label = task.label
+    try:
+        features = extractor.extract_paths(task.image, task.mask)
+        return {"row": features.row(), "error": "", "key": key}
+    except RadFusionError as error:
+        return {"row": {}, "error": str(error), "key": None}
+    except Exception as error:  # a bug or a library failure: keep the cohort going, say what happened
+        last = traceback.extract_tb(error.__traceback__)[-1]
+        message = f"{type(error).__name__}: {error} (at {Path(last.filename).name}:{last.lineno})"
+        return {"row": {}, "error": message, "key": None}
+
+
+# --- driver side -------------------------------------------------------------------------
+def extract_cohort(
+    manifest_path: str | Path,
+    output_path: str | Path,
+    config: ExtractionConfig | None = None,
+    workers: int = 1,
+    cache_dir: str | Path | None = "auto",
+    progress: bool = True,
+    on_case: Callable[[str, str], None] | None = None,
+) -> pd.DataFrame:
+    """Extract every case of a manifest into one CSV (written atomically) and return it.
+
+    ``cache_dir="auto"`` keeps the cache beside the output file; ``None`` disables it.
+    """
+    config = config or ExtractionConfig()
+    manifest_path = Path(manifest_path)
+    manifest = read_manifest(manifest_path)
+    tasks = manifest_tasks(manifest, manifest_path.parent, config.label)
+    if cache_dir == "auto":
+        cache_dir = Path(output_path).parent / CACHE_DIRNAME
+    cache = FeatureCache(Path(cache_dir) if cache_dir else None)
+    config_dict = asdict(config)
+
+    results: dict[str, dict[str, Any]] = {}
+    pending: list[tuple[CaseTask, str | None]] = []
+    for task in tasks:
+        key = _cache_key(task, config)
+        cached = cache.get(key) if key else None
+        if cached is not None:
+            results[task.case_id] = {"row": cached, "error": "", "key": key, "cached": True}
+        else:
+            pending.append((task, key))
+
+    for case_id, outcome in _run(pending, config_dict, workers, progress, len(tasks), len(results)):
+        results[case_id] = outcome
+        if outcome["key"] and not outcome["error"]:
+            cache.put(outcome["key"], outcome["row"])
+        if on_case is not None:
+            on_case(case_id, outcome["error"])
+
+    table = _assemble(tasks, results)
+    write_csv_atomic(table, Path(output_path))
+    return table
+
+
+def _cache_key(task: CaseTask, config: ExtractionConfig) -> str | None:
+    """None when an input is missing: the worker then reports the error for that case."""
+    paths = [Path(task.image), Path(task.mask)]
+    if not all(p.exists() for p in paths):
+        return None
+    settings = {**config.fingerprint(), "label": task.label}
+    return hash_inputs(paths, settings)
+
+
+def _run(
+    pending: list[tuple[CaseTask, str | None]],
+    config: dict[str, Any],
+    workers: int,
+    progress: bool,
+    total: int,
+    done: int,
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    bar = _progress_bar(total, done, progress)
+    try:
+        if workers <= 1 or len(pending) <= 1:
+            for task, key in pending:
+                yield task.case_id, _extract_task(task, key, config)
+                bar.update(1)
+            return
+        torch_threads = max(1, (os.cpu_count() or 1) // workers)
+        # spawn, not fork: torch and OpenMP thread pools do not survive a fork safely.
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(config, torch_threads),
+        ) as pool:
+            futures = {pool.submit(_extract_task, task, key, config): task for task, key in pending}
+            for future in as_completed(futures):
+                yield futures[future].case_id, future.result()
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def _progress_bar(total: int, done: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="case", desc="extract", disable=not enabled, dynamic_ncols=True)
+
+
+def _assemble(tasks: list[CaseTask], results: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Rows in manifest order: case_id, passed-through columns, error, metadata + features."""
+    rows = []
+    for task in tasks:
+        outcome = results[task.case_id]
+        rows.append({"case_id": task.case_id, **task.passthrough, "error": outcome["error"], **outcome["row"]})
+    return pd.DataFrame(rows)
+
+
+def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
+    """Write to a temporary file beside the target, then rename: never a half-written CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        table.to_csv(temporary, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
