@@ -249,6 +249,7 @@ def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
     os.close(handle)
     try:
         table.to_csv(temporary, index=False)
+        _chmod_like_new_file(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -259,4 +260,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(handle, "w") as stream:
         stream.write(text)
+    _chmod_like_new_file(temporary)
     os.replace(temporary, path)
+
+
+def _chmod_like_new_file(path: str) -> None:
+    """mkstemp creates 0600 files; give the result the permissions open() would (umask applied)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

@@ -114,7 +114,7 @@ class CaseFeatureExtractor:
             deep = dict(zip(deep_extractor.feature_names(), (float(v) for v in values)))
         metadata = case_metadata(image, mask, modality, source or {})
         metadata["params_sha256"] = radiomic_extractor.params_hash
-        metadata["deep_backbone"] = deep_extractor.name if deep_extractor is not None else ""
+        metadata["cnn_backbone"] = deep_extractor.name if deep_extractor is not None else ""
         metadata["engine_version"] = __version__
         return CaseFeatures(metadata=metadata, radiomic=radiomic, deep=deep)
 
