@@ -1,4 +1,4 @@
-"""`radfusion` command line: feature extraction for one case or a cohort.
+"""`radfusion` command line: feature extraction for one case or a cohort, model building.
 
 Heavy libraries (pyradiomics, torch, pandas) are imported inside the commands so that
 `radfusion --help` answers at once.
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_features_command(commands)
     _add_extract_command(commands)
+    _add_train_command(commands)
     return parser
 
 
@@ -69,6 +70,49 @@ def _add_extract_command(commands) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_extraction_options(parser)
     parser.set_defaults(run=run_extract)
+
+
+def _add_train_command(commands) -> None:
+    parser = commands.add_parser(
+        "train", help="build and compare models from a cohort; write a report and a model bundle",
+        description="INPUT is a cohort manifest (features are extracted, cached) or a feature table "
+        "(case_id, label, optional site / group / clinical columns; other numeric columns are features, "
+        "deep ones when named deep_*).",
+    )
+    parser.add_argument("input", help="manifest CSV (case_id,image,mask,label,...) or feature table CSV")
+    parser.add_argument("--out", help="model bundle folder to write, e.g. models/NAME")
+    parser.add_argument("--report", help="self-contained HTML report to write")
+    parser.add_argument("--json", action="store_true", help="print the summary numbers as JSON on stdout")
+    parser.add_argument("--label-column", default="label", help="0/1 outcome column (default: label)")
+    parser.add_argument("--clinical", help="clinical predictor columns, comma-separated")
+    parser.add_argument("--categorical", help="which of the clinical columns are categorical")
+    parser.add_argument("--site-column", default="site", help="site/scanner column for ComBat and external tests")
+    parser.add_argument("--groups", help="column whose rows are never split, e.g. duplicate_group")
+    parser.add_argument("--test-size", type=float, default=0.3, help="share of cases (groups) in the random test set")
+    parser.add_argument("--external-site", help="external validation: test set = the cases of this site")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--feature-sets", default=",".join(FEATURE_SETS_DEFAULT),
+                        help="feature sets to compare (clinical,radiomic,deep,fused)")
+    parser.add_argument("--classifiers", default=",".join(CLASSIFIERS_DEFAULT),
+                        help="classifier families (lr,svm,rf,extratrees,xgboost,lightgbm,mlp)")
+    parser.add_argument("--grid", choices=["full", "quick"], default="full", help="hyper-parameter grid size")
+    parser.add_argument("--folds", type=int, default=5, help="outer and inner cross-validation folds")
+    parser.add_argument("--reduction", choices=["lasso", "pca", "none"], default="lasso")
+    parser.add_argument("--no-combat", action="store_true", help="no ComBat harmonisation even with several sites")
+    parser.add_argument("--icc-type", choices=["A1", "C1"], default="A1",
+                        help="ICC(A,1) absolute agreement or ICC(C,1) consistency, from <feature>__repeat columns")
+    parser.add_argument("--icc-threshold", type=float, default=0.75)
+    parser.add_argument("--jobs", type=int, default=1, help="parallel grid-search fits (processes)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the AUC interval")
+    parser.add_argument("--features", help="manifest input: where to write the extracted feature table")
+    parser.add_argument("--workers", type=int, default=1, help="manifest input: extraction worker processes")
+    parser.add_argument("--cache", help="manifest input: feature cache folder")
+    _add_extraction_options(parser)
+    parser.set_defaults(run=run_train)
+
+
+FEATURE_SETS_DEFAULT = ("clinical", "radiomic", "deep", "fused")
+CLASSIFIERS_DEFAULT = ("lr", "svm", "rf", "extratrees", "xgboost", "lightgbm", "mlp")
 
 
 def _config(args: argparse.Namespace):
@@ -123,6 +167,33 @@ def run_extract(args: argparse.Namespace) -> int:
     )
     for case_id, error in zip(failed["case_id"], failed["error"]):
         print(f"  {case_id}: {error}", file=sys.stderr)
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from .builder import TrainOptions, build_model, parse_list
+
+    if args.out is None and args.report is None and not args.json:
+        raise RadFusionError("nothing to write: give --out, --report and/or --json")
+    options = TrainOptions(
+        label_column=args.label_column, clinical=parse_list(args.clinical), categorical=parse_list(args.categorical),
+        site_column=args.site_column, group_column=args.groups, test_size=args.test_size, seed=args.seed,
+        external_site=args.external_site,
+        feature_sets=parse_list(args.feature_sets, FEATURE_SETS_DEFAULT, "feature set"),
+        classifiers=parse_list(args.classifiers, CLASSIFIERS_DEFAULT, "classifier"),
+        grid=args.grid, outer_folds=args.folds, inner_folds=args.folds, n_boot=args.bootstrap,
+        reduction=args.reduction, harmonize=not args.no_combat, icc_type=args.icc_type,
+        icc_threshold=args.icc_threshold, workers=args.workers, jobs=args.jobs, cache=args.cache or "auto",
+        features_path=args.features, extraction=_config(args).__dict__,
+    )
+    start = time.perf_counter()
+    result = build_model(args.input, args.out, options, report_path=args.report,
+                         progress=lambda line: print(line, file=sys.stderr))
+    print(f"best model: {result.summary['best_model']} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.summary, indent=2, allow_nan=False))
     return 0
 
 

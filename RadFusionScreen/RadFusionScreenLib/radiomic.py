@@ -117,6 +117,7 @@ class RadiomicExtractor:
         Raises :class:`MaskError` for an empty, one-voxel or too-thin ROI.
         """
         image, mask = _as_volumes(image, mask)
+        image = _widen_small_integers(image)
         label = int(self._reference.settings.get("label", 1))
         bbox = _label_bbox(mask, label)  # raises MaskError when empty / one voxel
         # correctMask resamples a mask on another grid onto the image: that needs the whole mask.
@@ -151,6 +152,24 @@ class RadiomicExtractor:
             return image, mask, self._inner
         region = _grow(bbox, margin, image.GetSize(), wrap_axes)
         return _crop(image, region), _crop(mask, region), self._inner
+
+
+# 8- and 16-bit integer pixel types that pyradiomics' fixed-bin-width discretisation can overflow.
+_SMALL_INTEGER_TYPES = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16)
+
+
+def _widen_small_integers(image: sitk.Image) -> sitk.Image:
+    """Cast 8/16-bit integer images to 32-bit integers (same values, same resampling rounding).
+
+    Why: pyradiomics computes the upper bin edge as ``max + 2 * binWidth`` in the image's own
+    numpy type; with numpy 2 that wraps around for a uint8 picture whose ROI reaches 246+
+    (255 + 10 -> 9, with overflow warnings). The bin edges still come out right, but only
+    because ``numpy.arange`` computes its length in the same wrapped arithmetic; we do not
+    want feature values to rest on that.
+    """
+    if image.GetPixelID() in _SMALL_INTEGER_TYPES:
+        return sitk.Cast(image, sitk.sitkInt32)
+    return image
 
 
 def crop_margin(

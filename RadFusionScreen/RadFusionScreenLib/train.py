@@ -622,6 +622,8 @@ class ModelComparison:
     nomogram: Nomogram | None
     settings: ModelSettings
     notes: list[str] = field(default_factory=list)
+    score_models: dict[str, str] = field(default_factory=dict)  # rad_score / deep_score -> result name
+    clinical_fill: dict[str, Any] = field(default_factory=dict)  # training value for a missing clinical value
 
     def summary(self) -> pd.DataFrame:
         """One row per model, best first by CV AUC; DeLong p vs the best model on the test set."""
@@ -701,14 +703,16 @@ def compare_models(
         categorical_columns=tuple(categorical_columns),
     )
     results = _evaluate_all(context, columns, feature_sets, classifiers, notes, log)
-    scores_train, scores_test, fitted_nomogram = pd.DataFrame(), None, None
+    scores_train, scores_test, fitted_nomogram, score_models = pd.DataFrame(), None, None, {}
     if nomogram:
-        scores_train, scores_test, fitted_nomogram = _add_nomogram(context, columns, results, notes, log)
+        scores_train, scores_test, fitted_nomogram, score_models = _add_nomogram(context, columns, results, notes, log)
     if not results:
         raise InputError("no model could be built: every requested feature set is empty")
     best = max(results, key=lambda name: np.nan_to_num(results[name].cv_auc_mean, nan=-np.inf))
+    categorical = {c: _levels(train[c]) for c in columns.clinical if c in context.categorical_columns}
     return ModelComparison(results, best, context.y_train, context.y_test, scores_train, scores_test,
-                           fitted_nomogram, settings, notes)
+                           fitted_nomogram, settings, notes, score_models,
+                           _clinical_fill_values(train, list(columns.clinical), categorical))
 
 
 @dataclass(frozen=True)
@@ -746,16 +750,16 @@ def _evaluate_all(context: _Context, columns: FeatureColumns, feature_sets: Sequ
 def _add_nomogram(
     context: _Context, columns: FeatureColumns, results: dict[str, ModelResult], notes: list[str],
     log: Callable[[str], None],
-) -> tuple[pd.DataFrame, pd.DataFrame | None, Nomogram | None]:
+) -> tuple[pd.DataFrame, pd.DataFrame | None, Nomogram | None, dict[str, str]]:
     """Rad-score / deep-score, then the nomogram model, added to ``results``."""
-    scores_train, scores_test = _rad_deep_scores(context, columns, results, notes)
+    scores_train, scores_test, score_models = _rad_deep_scores(context, columns, results, notes)
     if scores_train is None:
-        return pd.DataFrame(), None, None
+        return pd.DataFrame(), None, None, {}
     nomogram_result, fitted = _evaluate_nomogram(context, columns, scores_train, scores_test, notes)
     if nomogram_result is not None:
         results[nomogram_result.name] = nomogram_result
         log(_progress_line(nomogram_result))
-    return scores_train, scores_test, fitted
+    return scores_train, scores_test, fitted, score_models
 
 
 def _labels(table: pd.DataFrame, label_column: str, which: str) -> np.ndarray:
@@ -848,24 +852,26 @@ def _progress_line(result: ModelResult) -> str:
 
 # =========================================================== scores / nomogram
 def _rad_deep_scores(context: _Context, columns: FeatureColumns, results: dict[str, ModelResult],
-                     notes: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
-    """Out-of-fold (training) and final-model (test) logits of the LASSO-LR rad/deep models."""
+                     notes: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, str]]:
+    """Out-of-fold (training) and final-model (test) logits of the LASSO-LR rad/deep models,
+    and which result made each score."""
     scores_train = pd.DataFrame(index=context.train.index)
     scores_test = pd.DataFrame(index=context.test.index) if context.test is not None else None
-    fold = None
+    fold, score_models = None, {}
     for feature_set, score_name in (("radiomic", RAD_SCORE), ("deep", DEEP_SCORE)):
         if not columns.for_set(feature_set):
             notes.append(f"no {score_name}: no {feature_set} columns")
             continue
         result = _lasso_lr_result(context, feature_set, columns, results)
+        score_models[score_name] = result.name
         scores_train[score_name] = result.cv.linear_predictor
         fold = result.cv.fold  # one outer splitter, so the same folds for every model
         if scores_test is not None:
             scores_test[score_name] = linear_predictor(result.model, context.test)
     if fold is None:
-        return None, None
+        return None, None, {}
     scores_train[OUTER_FOLD] = fold
-    return scores_train, scores_test
+    return scores_train, scores_test, score_models
 
 
 def _lasso_lr_result(context: _Context, feature_set: str, columns: FeatureColumns,
@@ -931,4 +937,4 @@ def _levels(values: pd.Series) -> list[Any]:
 
 def _clinical_fill_values(train: pd.DataFrame, clinical: list[str], categorical: dict[str, list]) -> dict[str, Any]:
     """Training median (numeric) or most frequent level (categorical) for missing clinical values."""
-    return {c: (categorical[c][0] if c in categorical else train[c].median()) for c in clinical}
+    return {c: (categorical[c][0] if c in categorical else float(train[c].median())) for c in clinical}

@@ -270,3 +270,21 @@ def test_pyradiomics_is_quiet(capfd, original_only):
     RadiomicExtractor({"setting": {"binCount": 16}})  # pyradiomics warns about binCount by default
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_uint8_picture_reaching_255_is_binned_like_its_float_copy():
+    """pyradiomics' upper bin edge (max + 2 * binWidth) must not wrap around in uint8."""
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(150, 256, size=(1, 40, 40)).astype(np.uint8)
+    pixels[0, 10:14, 10:14] = 255  # the ROI's maximum is the type's maximum
+    mask_array = np.zeros_like(pixels)
+    mask_array[0, 5:30, 5:30] = 1
+    params = {"imageType": {"Original": {}}, "featureClass": {"firstorder": None, "glcm": None},
+              "setting": {"binWidth": 5, "force2D": True, "force2Ddimension": 0}}
+    extractor = RadiomicExtractor(params)
+    features = {}
+    for dtype in (np.uint8, np.float64):
+        image = sitk.GetImageFromArray(pixels.astype(dtype))
+        mask = sitk.GetImageFromArray(mask_array)
+        features[dtype] = extractor.execute(image, mask)
+    assert_same_features(features[np.float64], features[np.uint8], rtol=1e-12)
