@@ -12,3 +12,6 @@ fi
 .venv/bin/python -m pip install --quiet -c constraints.txt torch
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[train,test,mrml]"
 .venv/bin/python -c "import radiomics, torch, SimpleITK, RadFusionScreenLib; print('RadFusionScreen engine', RadFusionScreenLib.__version__, '| pyradiomics', radiomics.__version__, '| torch', torch.__version__)"
+# The main job, on the shipped model: screen an example case (a BUSI test case when
+# ../shared/data/busi is present, else a generated phantom) -> demo_output/.
+.venv/bin/radfusion demo -o demo_output

@@ -55,6 +55,7 @@ class TrainOptions:
     jobs: int = 1  # parallel grid-search fits
     cache: str | None = "auto"
     features_path: str | None = None  # where a manifest's features are written
+    card_notes: str | None = None  # markdown file: data source, citation, limitations (model card)
     extraction: dict[str, Any] = field(default_factory=dict)  # ExtractionConfig fields
 
     def settings(self) -> ModelSettings:
@@ -117,6 +118,7 @@ def build_model(
                      classifier=comparison.results[shipped].classifier,
                      training_summary={"cohort": cohort, "metrics": summary, "settings": _settings_record(options),
                                        "reference": reference_record(comparison, shipped, split)})
+        write_card(bundle, options, dict(zip(split.test["case_id"].astype(str), split.test[options.label_column])))
         log(f"model bundle -> {bundle}")
     return BuildResult(summary, comparison, bundle, report)
 
@@ -223,6 +225,18 @@ def extraction_record(config: Any, table: pd.DataFrame) -> dict[str, Any]:
 
         record["deep"] = get_deep_extractor(config.deep, modality=modality, device="cpu").settings()
     return record
+
+
+def write_card(bundle: Path, options: TrainOptions, test_labels: dict[str, Any]) -> None:
+    """The bundle's README.md model card, from its manifest plus the trainer's notes."""
+    import json
+
+    from .bundle import write_model_card
+    from .card import model_card_text
+
+    notes = Path(options.card_notes).read_text() if options.card_notes else ""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    write_model_card(bundle, model_card_text(manifest, notes, {k: int(v) for k, v in test_labels.items()}))
 
 
 # ======================================================================= ICC

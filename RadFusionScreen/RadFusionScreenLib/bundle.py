@@ -1173,3 +1173,32 @@ def _load_weights(contents: Mapping[str, bytes]) -> dict[str, np.ndarray]:
         return load(contents[WEIGHTS])
     except Exception as exc:  # safetensors raises its own error types for a corrupt header
         raise BundleError(f"{WEIGHTS} cannot be read: {exc}") from None
+
+
+MODEL_CARD = "README.md"
+
+
+def write_model_card(path: str | os.PathLike, text: str) -> Path:
+    """Put (or replace) the bundle's model card ``README.md`` and list its SHA-256.
+
+    A model card is written after training, by people: the bundle is verified first (a
+    damaged bundle is not re-signed), then rebuilt beside the old one and swapped in, so an
+    interrupted write leaves the previous bundle intact.
+    """
+    folder = Path(path)
+    manifest = _read_manifest(folder)
+    contents = _verified_files(folder, manifest)
+    contents[MODEL_CARD] = text.encode("utf-8")
+    manifest["files"] = {name: _sha256(data) for name, data in sorted(contents.items())}
+    contents[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for name, data in contents.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            _write_file(staging / name, data)
+        _swap_into_place(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features_command(commands)
     _add_extract_command(commands)
     _add_train_command(commands)
+    _add_screen_command(commands)
+    _add_demo_command(commands)
     return parser
 
 
@@ -104,11 +106,38 @@ def _add_train_command(commands) -> None:
     parser.add_argument("--icc-threshold", type=float, default=0.75)
     parser.add_argument("--jobs", type=int, default=1, help="parallel grid-search fits (processes)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the AUC interval")
+    parser.add_argument("--card-notes", help="markdown for the bundle's model card: data source, citation, limitations")
     parser.add_argument("--features", help="manifest input: where to write the extracted feature table")
     parser.add_argument("--workers", type=int, default=1, help="manifest input: extraction worker processes")
     parser.add_argument("--cache", help="manifest input: feature cache folder")
     _add_extraction_options(parser)
     parser.set_defaults(run=run_train)
+
+
+def _add_screen_command(commands) -> None:
+    parser = commands.add_parser(
+        "screen", help="screen one case (IMAGE MASK) or a manifest (MANIFEST.csv -o PREDICTIONS.csv) with a model",
+        description="One case: prints probability, risk class and the nomogram table (or --json). "
+        "A manifest (case_id,image,mask[,mask_label,site,clinical...]): one prediction row per case, "
+        "the model loaded once; a failing case gets its message in the error column.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE MASK | MANIFEST", help="image and mask, or a manifest CSV")
+    parser.add_argument("--model", help="model bundle folder or name in models/ (default: busi-ultrasound)")
+    parser.add_argument("--clinical", nargs="*", default=[], metavar="KEY=VALUE", help="clinical values the model needs")
+    parser.add_argument("--site", help="the case's site, when the model harmonises by site (ComBat)")
+    parser.add_argument("--label", type=int, help="mask label value (default: the single non-zero label)")
+    parser.add_argument("--heatmap", help="write the Grad-CAM map in the image's geometry (e.g. OUT.nii.gz)")
+    parser.add_argument("--device", default="auto", help="CNN device: auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-o", "--output", help="manifest mode: predictions CSV to write")
+    parser.set_defaults(run=run_screen)
+
+
+def _add_demo_command(commands) -> None:
+    parser = commands.add_parser("demo", help="screen an example case with the shipped model: summary, overlay PNG, HTML")
+    parser.add_argument("-o", "--output", default="demo_output", help="folder for the demo's files (default demo_output)")
+    parser.add_argument("--model", help="model bundle (default: the shipped busi-ultrasound)")
+    parser.set_defaults(run=run_demo)
 
 
 FEATURE_SETS_DEFAULT = ("clinical", "radiomic", "deep", "fused")
@@ -186,7 +215,7 @@ def run_train(args: argparse.Namespace) -> int:
         grid=args.grid, outer_folds=args.folds, inner_folds=args.folds, n_boot=args.bootstrap,
         reduction=args.reduction, harmonize=not args.no_combat, icc_type=args.icc_type,
         icc_threshold=args.icc_threshold, workers=args.workers, jobs=args.jobs, cache=args.cache or "auto",
-        features_path=args.features, extraction=_config(args).__dict__,
+        features_path=args.features, card_notes=args.card_notes, extraction=_config(args).__dict__,
     )
     start = time.perf_counter()
     result = build_model(args.input, args.out, options, report_path=args.report,
@@ -194,6 +223,52 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"best model: {result.summary['best_model']} ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     if args.json:
         print(json.dumps(result.summary, indent=2, allow_nan=False))
+    return 0
+
+
+def run_screen(args: argparse.Namespace) -> int:
+    import json
+
+    from .screening import Screener
+
+    device = None if args.device == "auto" else args.device
+    if len(args.inputs) == 1:
+        if not args.output:
+            raise RadFusionError("a manifest needs -o PREDICTIONS.csv (or give IMAGE MASK to screen one case)")
+        from .screening import screen_manifest
+
+        table = screen_manifest(args.inputs[0], args.output, Screener(args.model, device))
+        failed = int((table["error"] != "").sum())
+        print(f"{len(table) - failed} of {len(table)} cases screened -> {args.output}", file=sys.stderr)
+        return 0
+    if len(args.inputs) != 2:
+        raise RadFusionError("give IMAGE MASK (one case) or MANIFEST.csv -o PREDICTIONS.csv")
+    clinical = _key_values(args.clinical)
+    result = Screener(args.model, device).screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site,
+                                                 label=args.label, heatmap=True)
+    if args.heatmap and result.heatmap is not None:
+        from .screening import write_image_atomic
+
+        write_image_atomic(result.heatmap, args.heatmap)
+    print(json.dumps(result.to_dict(), indent=2, allow_nan=False) if args.json else result.summary_text())
+    return 0
+
+
+def _key_values(items: list[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RadFusionError(f"--clinical takes KEY=VALUE pairs, got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    for line in demo(args.output, args.model):
+        print(line)
     return 0
 
 

@@ -366,3 +366,20 @@ def test_rewriting_replaces_a_bundle_and_failures_leave_nothing(comparison_and_t
         write_bundle(target, comparison, name="third", extraction={"bad": object()}, training_summary={})
     assert load_bundle(target).manifest["name"] == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_model_card_is_listed_and_protected(tmp_path):
+    """write_model_card adds README.md with its SHA-256; editing it afterwards is detected."""
+    from RadFusionScreenLib.bundle import write_model_card
+
+    source = sorted((Path(__file__).resolve().parents[3] / "models").glob("*/manifest.json"))
+    if not source:
+        pytest.skip("no shipped bundle to copy")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(source[0].parent, bundle)
+    write_model_card(bundle, "# Model card\nintended use: research\n")
+    loaded = load_bundle(bundle)
+    assert "README.md" in loaded.manifest["files"]
+    (bundle / "README.md").write_text("# Model card\nintended use: anything\n")
+    with pytest.raises(BundleError, match="README.md"):
+        load_bundle(bundle)
