@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--features", default=str(REPO / "benchmarks" / "results" / "busi_features.csv"))
     parser.add_argument("--grid", choices=["full", "quick"], default="full")
     parser.add_argument("--workers", type=int, default=2, help="extraction workers when features are absent")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel grid-search fits")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
     features = Path(args.features)
@@ -53,7 +54,7 @@ def main() -> None:
         figures["extract"] = {"seconds": seconds, "peak_rss_mb": peak, "workers": args.workers}
     out = features.parent / "busi-bench-model"
     seconds, peak, stdout = run([*RADFUSION, "train", str(features), "--groups", "duplicate_group",
-                                 "--grid", args.grid, "--out", str(out), "--report", str(out) + ".html", "--json"])
+                                 "--grid", args.grid, "--jobs", str(args.jobs), "--out", str(out), "--report", str(out) + ".html", "--json"])
     summary = json.loads(stdout)
     figures["train"] = {"seconds": seconds, "peak_rss_mb": peak, "best_model": summary["best_model"]}
     figures["models"] = {name: {k: m.get(k) for k in ("cv_auc", "test_auc", "test_auc_ci")}

@@ -48,6 +48,8 @@ class TrainOptions:
     inner_folds: int = 5
     n_boot: int = 2000
     reduction: str = "lasso"
+    univariate_test: str = "mannwhitney"
+    correlation_threshold: float | None = 0.9
     harmonize: bool = True
     icc_type: str = "A1"
     icc_threshold: float = 0.75
@@ -60,6 +62,7 @@ class TrainOptions:
 
     def settings(self) -> ModelSettings:
         return ModelSettings(site_column=self.site_column, harmonize=self.harmonize, reduction=self.reduction,
+                             univariate_test=self.univariate_test, correlation_threshold=self.correlation_threshold,
                              random_state=self.seed)
 
 
@@ -308,7 +311,7 @@ def cohort_description(table: pd.DataFrame, split: Any, options: TrainOptions, c
 
 def _settings_record(options: TrainOptions) -> dict[str, Any]:
     keep = ("test_size", "seed", "external_site", "feature_sets", "classifiers", "grid", "outer_folds",
-            "inner_folds", "n_boot", "reduction", "harmonize", "icc_type", "icc_threshold")
+            "inner_folds", "n_boot", "reduction", "univariate_test", "correlation_threshold", "harmonize", "icc_type", "icc_threshold")
     return {name: _jsonable(getattr(options, name)) for name in keep}
 
 

@@ -1037,10 +1037,16 @@ def _write_atomically(target: Path, manifest: dict[str, Any], arrays: dict[str, 
     manifest = _jsonable(manifest) | {"files": {path: _sha256(data) for path, data in sorted(contents.items())}}
     contents[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
     target.parent.mkdir(parents=True, exist_ok=True)
+    return _replace_folder(target, contents)
+
+
+def _replace_folder(target: Path, contents: Mapping[str, bytes]) -> Path:
+    """Write every file into a sibling staging folder, then swap it in for ``target``."""
     staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         for path, data in contents.items():
+            (staging / path).parent.mkdir(parents=True, exist_ok=True)
             _write_file(staging / path, data)
         _swap_into_place(staging, target)
     except BaseException:
@@ -1191,14 +1197,4 @@ def write_model_card(path: str | os.PathLike, text: str) -> Path:
     contents[MODEL_CARD] = text.encode("utf-8")
     manifest["files"] = {name: _sha256(data) for name, data in sorted(contents.items())}
     contents[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
-    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        for name, data in contents.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            _write_file(staging / name, data)
-        _swap_into_place(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
+    return _replace_folder(folder, contents)

@@ -100,6 +100,10 @@ def _add_train_command(commands) -> None:
     parser.add_argument("--grid", choices=["full", "quick"], default="full", help="hyper-parameter grid size")
     parser.add_argument("--folds", type=int, default=5, help="outer and inner cross-validation folds")
     parser.add_argument("--reduction", choices=["lasso", "pca", "none"], default="lasso")
+    parser.add_argument("--univariate", choices=["mannwhitney", "welch"], default="mannwhitney",
+                        help="univariate filter test (p < 0.05 kept), fitted inside the training folds")
+    parser.add_argument("--correlation", type=float, default=0.9,
+                        help="prune one of each feature pair with |Pearson r| above this (1 = no pruning)")
     parser.add_argument("--no-combat", action="store_true", help="no ComBat harmonisation even with several sites")
     parser.add_argument("--icc-type", choices=["A1", "C1"], default="A1",
                         help="ICC(A,1) absolute agreement or ICC(C,1) consistency, from <feature>__repeat columns")
@@ -213,7 +217,8 @@ def run_train(args: argparse.Namespace) -> int:
         feature_sets=parse_list(args.feature_sets, FEATURE_SETS_DEFAULT, "feature set"),
         classifiers=parse_list(args.classifiers, CLASSIFIERS_DEFAULT, "classifier"),
         grid=args.grid, outer_folds=args.folds, inner_folds=args.folds, n_boot=args.bootstrap,
-        reduction=args.reduction, harmonize=not args.no_combat, icc_type=args.icc_type,
+        reduction=args.reduction, univariate_test=args.univariate,
+        correlation_threshold=None if args.correlation >= 1 else args.correlation, harmonize=not args.no_combat, icc_type=args.icc_type,
         icc_threshold=args.icc_threshold, workers=args.workers, jobs=args.jobs, cache=args.cache or "auto",
         features_path=args.features, card_notes=args.card_notes, extraction=_config(args).__dict__,
     )
