@@ -70,6 +70,10 @@ def _add_extract_command(commands) -> None:
     parser.add_argument("--cache", help=f"cache folder (default: {'<output folder>'}/.radfusion_cache)")
     parser.add_argument("--no-cache", action="store_true", help="recompute every case")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--backend", choices=["local", "dask"], default="local",
+                        help="local worker processes, or a Dask cluster (optional dask[distributed])")
+    parser.add_argument("--scheduler", help="dask backend: scheduler address, e.g. tcp://10.0.0.5:8786 "
+                        "(default: a local cluster of --workers processes)")
     _add_extraction_options(parser)
     parser.set_defaults(run=run_extract)
 
@@ -190,7 +194,8 @@ def run_extract(args: argparse.Namespace) -> int:
     cache = None if args.no_cache else (args.cache or "auto")
     start = time.perf_counter()
     table = extract_cohort(
-        args.manifest, args.output, _config(args), workers=args.workers, cache_dir=cache, progress=not args.quiet
+        args.manifest, args.output, _config(args), workers=args.workers, cache_dir=cache, progress=not args.quiet,
+        backend=args.backend, scheduler=args.scheduler,
     )
     failed = table[table["error"].astype(str) != ""]
     print(

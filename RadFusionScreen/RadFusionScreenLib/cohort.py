@@ -26,6 +26,7 @@ from .features import CaseFeatureExtractor, ExtractionConfig, hash_inputs
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
 ENGINE_COLUMNS = ("image", "mask", "mask_label")  # consumed, not passed through
 CACHE_DIRNAME = ".radfusion_cache"
+BACKENDS = ("local", "dask")
 
 
 @dataclass
@@ -108,12 +109,13 @@ class FeatureCache:
 
 
 # --- worker side -------------------------------------------------------------------------
-_WORKER_EXTRACTOR: CaseFeatureExtractor | None = None
+# One extractor (one CNN in memory) per process and extraction settings: a worker process
+# (local pool or Dask worker) builds it on its first case and reuses it for every other.
+_WORKER_EXTRACTORS: dict[str, CaseFeatureExtractor] = {}
 
 
 def _init_worker(config: dict[str, Any], torch_threads: int) -> None:
-    """Runs once per worker process: one extractor (one CNN in memory) per worker."""
-    global _WORKER_EXTRACTOR
+    """Runs once per local worker process: thread budget, then the extractor."""
     os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
     try:
         import torch
@@ -121,15 +123,19 @@ def _init_worker(config: dict[str, Any], torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
     except ImportError:  # deep features disabled and torch absent
         pass
-    _WORKER_EXTRACTOR = CaseFeatureExtractor(ExtractionConfig(**config))
+    _worker_extractor(config)
+
+
+def _worker_extractor(config: dict[str, Any]) -> CaseFeatureExtractor:
+    key = json.dumps(config, sort_keys=True, default=str)
+    if key not in _WORKER_EXTRACTORS:
+        _WORKER_EXTRACTORS[key] = CaseFeatureExtractor(ExtractionConfig(**config))
+    return _WORKER_EXTRACTORS[key]
 
 
 def _extract_task(task: CaseTask, key: str | None, config: dict[str, Any]) -> dict[str, Any]:
     """Extract one case; any failure becomes the row's error message, never an exception."""
-    global _WORKER_EXTRACTOR
-    if _WORKER_EXTRACTOR is None:  # in-process (workers=1)
-        _WORKER_EXTRACTOR = CaseFeatureExtractor(ExtractionConfig(**config))
-    extractor = _WORKER_EXTRACTOR
+    extractor = _worker_extractor(config)
     extractor.config.label = task.label
     try:
         features = extractor.extract_paths(task.image, task.mask)
@@ -151,11 +157,18 @@ def extract_cohort(
     cache_dir: str | Path | None = "auto",
     progress: bool = True,
     on_case: Callable[[str, str], None] | None = None,
+    backend: str = "local",
+    scheduler: Any = None,
 ) -> pd.DataFrame:
     """Extract every case of a manifest into one CSV (written atomically) and return it.
 
     ``cache_dir="auto"`` keeps the cache beside the output file; ``None`` disables it.
+    ``backend="dask"`` runs the same per-case task on a Dask cluster: ``scheduler`` is the
+    scheduler address (``tcp://host:8786``), a ``distributed.Client``, or None for a local
+    cluster of ``workers`` processes. Image paths must be readable by the workers.
     """
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
     config = config or ExtractionConfig()
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
@@ -175,7 +188,8 @@ def extract_cohort(
         else:
             pending.append((task, key))
 
-    for case_id, outcome in _run(pending, config_dict, workers, progress, len(tasks), len(results)):
+    run = _run_dask(pending, config_dict, workers, scheduler) if backend == "dask" else _run(pending, config_dict, workers)
+    for case_id, outcome in _with_progress(run, progress, len(tasks), len(results)):
         results[case_id] = outcome
         if outcome["key"] and not outcome["error"]:
             cache.put(outcome["key"], outcome["row"])
@@ -197,40 +211,65 @@ def _cache_key(task: CaseTask, config: ExtractionConfig) -> str | None:
 
 
 def _run(
-    pending: list[tuple[CaseTask, str | None]],
-    config: dict[str, Any],
-    workers: int,
-    progress: bool,
-    total: int,
-    done: int,
+    pending: list[tuple[CaseTask, str | None]], config: dict[str, Any], workers: int
 ) -> Iterable[tuple[str, dict[str, Any]]]:
-    bar = _progress_bar(total, done, progress)
+    if workers <= 1 or len(pending) <= 1:
+        for task, key in pending:
+            yield task.case_id, _extract_task(task, key, config)
+        return
+    torch_threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn, not fork: torch and OpenMP thread pools do not survive a fork safely.
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(config, torch_threads),
+    ) as pool:
+        futures = {pool.submit(_extract_task, task, key, config): task for task, key in pending}
+        for future in as_completed(futures):
+            yield futures[future].case_id, future.result()
+
+
+def _run_dask(
+    pending: list[tuple[CaseTask, str | None]], config: dict[str, Any], workers: int, scheduler: Any
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    """The same task on a Dask cluster (an existing one, or a local one for this run)."""
     try:
-        if workers <= 1 or len(pending) <= 1:
-            for task, key in pending:
-                yield task.case_id, _extract_task(task, key, config)
-                bar.update(1)
-            return
-        torch_threads = max(1, (os.cpu_count() or 1) // workers)
-        # spawn, not fork: torch and OpenMP thread pools do not survive a fork safely.
-        with ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(config, torch_threads),
-        ) as pool:
-            futures = {pool.submit(_extract_task, task, key, config): task for task, key in pending}
-            for future in as_completed(futures):
-                yield futures[future].case_id, future.result()
-                bar.update(1)
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise InputError("the dask backend needs the optional packages dask and distributed "
+                         "(pip install 'dask[distributed]')") from None
+    if not pending:
+        return
+    cluster = None
+    if isinstance(scheduler, Client):
+        client = scheduler
+    elif scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = {client.submit(_extract_task, task, key, config, pure=False): task for task, key in pending}
+        for future in dask_completed(futures):
+            yield futures[future].case_id, future.result()
     finally:
-        bar.close()
+        if client is not scheduler:
+            client.close()
+        if cluster is not None:
+            cluster.close()
 
 
-def _progress_bar(total: int, done: int, enabled: bool):
+def _with_progress(outcomes: Iterable[tuple[str, dict[str, Any]]], enabled: bool, total: int,
+                   done: int) -> Iterable[tuple[str, dict[str, Any]]]:
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, unit="case", desc="extract", disable=not enabled, dynamic_ncols=True)
+    with tqdm(total=total, initial=done, unit="case", desc="extract", disable=not enabled, dynamic_ncols=True) as bar:
+        for outcome in outcomes:
+            yield outcome
+            bar.update(1)
 
 
 def _assemble(tasks: list[CaseTask], results: dict[str, dict[str, Any]]) -> pd.DataFrame:

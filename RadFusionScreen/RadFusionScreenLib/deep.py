@@ -494,11 +494,14 @@ class Cnn2dExtractor(DeepFeatureExtractor):
     ``device``: see :func:`select_device`. ``num_threads``: torch CPU threads during a
     forward pass (torch's setting is process-wide: it is set for the call and restored,
     so extractors with different counts should not run concurrently); None keeps torch's.
+    Default 1: multi-threaded CPU convolutions sum in a thread-count-dependent order
+    (float32 differences ~1e-7), so one thread makes features bit-identical whatever the
+    machine's core count or the cohort's worker count; the 2D network costs tens of ms.
     Other options are :class:`RoiPreprocessing` fields.
     """
 
     def __init__(
-        self, *, device: str | torch.device | None = None, num_threads: int | None = None, **options: Any
+        self, *, device: str | torch.device | None = None, num_threads: int | None = 1, **options: Any
     ) -> None:
         self.preprocessing = RoiPreprocessing.from_options(options)
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):

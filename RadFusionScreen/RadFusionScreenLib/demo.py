@@ -65,29 +65,13 @@ def example_case(screener: Any, out: Path) -> tuple[Path, Path, str, float | Non
             return (BUSI / case["image"], BUSI / case["mask"],
                     f"BUSI case {case['case_id']} (label {int(case['label'])}, from ../shared/data/busi)",
                     recorded.get(str(case["case_id"])))
+    from .phantoms import synthetic_ultrasound
+
     image, mask = synthetic_ultrasound()
     image_path, mask_path = out / "synthetic_ultrasound.png", out / "synthetic_ultrasound_mask.png"
     sitk.WriteImage(image, str(image_path))
     sitk.WriteImage(mask * 255, str(mask_path))
     return image_path, mask_path, "synthetic ultrasound-like phantom (generated, not a patient image)", None
-
-
-def synthetic_ultrasound(size: int = 360, seed: int = 7) -> tuple[sitk.Image, sitk.Image]:
-    """8-bit B-mode-like picture: speckled tissue, a dark irregular lesion, posterior shadowing."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size].astype(float)
-    tissue = 90 + 30 * np.sin(y / 23.0) + 20 * np.cos(x / 31.0)
-    speckle = rng.rayleigh(1.0, (size, size))
-    cy, cx = size * 0.45, size * 0.5
-    angle = np.arctan2(y - cy, x - cx)
-    radius = 55 * (1 + 0.18 * np.sin(5 * angle) + 0.08 * np.sin(11 * angle))
-    lesion = np.hypot(y - cy, x - cx) < radius
-    picture = tissue * speckle
-    picture[lesion] = 35 * speckle[lesion]
-    shadow = (y > cy) & (np.abs(x - cx) < 40)
-    picture[shadow & ~lesion] *= 0.55
-    pixels = np.clip(picture, 0, 255).astype(np.uint8)
-    return sitk.GetImageFromArray(pixels), sitk.GetImageFromArray(lesion.astype(np.uint8))
 
 
 def overlay_png(image: sitk.Image, mask: sitk.Image, heatmap: sitk.Image | None) -> bytes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,7 +117,10 @@ def _fmt(value: Any) -> str:
 class Screener:
     """A loaded bundle with its extractors, ready to screen many cases."""
 
-    def __init__(self, model: str | os.PathLike | None = None, device: str | None = None) -> None:
+    def __init__(self, model: str | os.PathLike | None = None, device: str | None = None,
+                 processes: int | None = None) -> None:
+        """``processes``: worker processes for the filtered images' radiomics (default: one per
+        CPU core outside the Slicer application, 1 inside it, where ``sys.executable`` is Slicer)."""
         from .bundle import load_bundle
 
         started = time.perf_counter()
@@ -127,7 +131,7 @@ class Screener:
             raise InputError(f"model bundle {self.path} records no feature extraction settings "
                              "(it was trained on a feature table): it cannot screen images")
         self.modality = str(self.extraction.get("modality", ""))
-        self._radiomic = _radiomic_extractor(self.extraction)
+        self._radiomic = _radiomic_extractor(self.extraction, _default_processes() if processes is None else processes)
         self._deep = _deep_extractor(self.extraction, device)
         self.load_seconds = time.perf_counter() - started
 
@@ -368,12 +372,17 @@ def _lap(start: float) -> float:
     return time.perf_counter() - start
 
 
-def _radiomic_extractor(extraction: Mapping[str, Any]) -> Any:
+def _default_processes() -> int:
+    inside_slicer = Path(sys.executable).stem.lower() in ("slicer", "slicerapp-real")
+    return 1 if inside_slicer else max(1, os.cpu_count() or 1)
+
+
+def _radiomic_extractor(extraction: Mapping[str, Any], processes: int) -> Any:
     import yaml
 
     from .radiomic import RadiomicExtractor
 
-    extractor = RadiomicExtractor(yaml.safe_load(extraction["params_yaml"]))
+    extractor = RadiomicExtractor(yaml.safe_load(extraction["params_yaml"]), processes=processes)
     expected = extraction.get("params_sha256")
     if expected and extractor.params_hash != expected:
         raise InputError("the bundle's radiomics params do not reproduce its recorded params hash "

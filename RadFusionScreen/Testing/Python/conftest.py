@@ -24,3 +24,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ct_bundle(tmp_path_factory) -> Path:
+    """A small CT model bundle trained on 24 generated CT phantoms (quick grid, LR only).
+
+    For tests that need a CT model (Slicer Logic on a DICOM CT, 3D screening); it says
+    nothing about real CT performance.
+    """
+    from RadFusionScreenLib.builder import TrainOptions, build_model
+    from RadFusionScreenLib.phantoms import write_ct_cohort
+
+    folder = tmp_path_factory.mktemp("ct_model")
+    manifest = write_ct_cohort(folder / "cohort", n_cases=24)
+    options = TrainOptions(feature_sets=("radiomic", "fused"), classifiers=("lr",), grid="quick",
+                           outer_folds=3, inner_folds=3, n_boot=100, extraction={"modality": "CT"})
+    build_model(manifest, folder / "ct-phantom-model", options)
+    return folder / "ct-phantom-model"

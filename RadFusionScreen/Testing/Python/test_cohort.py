@@ -106,3 +106,28 @@ def test_manifest_validation(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_manifest(tmp_path / "absent.csv")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_settings_change_within_one_process_rebuilds_the_extractor(cohort, tmp_path):
+    """The in-process extractor is per settings: a --no-deep run after a deep one has no deep columns."""
+    with_deep = extract_cohort(cohort, tmp_path / "a.csv", ExtractionConfig(modality="CT"), cache_dir=None,
+                               progress=False)
+    without = extract_cohort(cohort, tmp_path / "b.csv", RADIOMIC_ONLY, cache_dir=None, progress=False)
+    assert any(c.startswith("deep_") for c in with_deep.columns)
+    assert not any(c.startswith("deep_") for c in without.columns)
+
+
+def test_dask_local_cluster_gives_the_local_table(cohort, tmp_path):
+    """`--backend dask` on a LocalCluster of 2 worker processes = the local backend, value for value."""
+    pytest.importorskip("distributed", reason="dask[distributed] is an optional dependency")
+    config = ExtractionConfig(modality="CT")  # deep features too: each Dask worker loads the CNN once
+    local = extract_cohort(cohort, tmp_path / "local.csv", config, cache_dir=None, progress=False)
+    dask = extract_cohort(cohort, tmp_path / "dask.csv", config, workers=2, cache_dir=None, progress=False,
+                          backend="dask")
+    pd.testing.assert_frame_equal(local, dask)
+    assert (tmp_path / "dask.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+
+
+def test_unknown_backend_is_refused(cohort, tmp_path):
+    with pytest.raises(InputError, match="unknown backend 'spark'"):
+        extract_cohort(cohort, tmp_path / "x.csv", RADIOMIC_ONLY, backend="spark")

@@ -288,3 +288,19 @@ def test_uint8_picture_reaching_255_is_binned_like_its_float_copy():
         mask = sitk.GetImageFromArray(mask_array)
         features[dtype] = extractor.execute(image, mask)
     assert_same_features(features[np.float64], features[np.uint8], rtol=1e-12)
+
+
+def test_parallel_parts_equal_one_sequential_run():
+    """processes=2 (filtered images in worker processes) gives the sequential features, bit for bit."""
+    image, mask = ct_like()
+    params = {**FILTERED, "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 2.0]}, "Wavelet": {}},
+              "featureClass": {**FILTERED["featureClass"], "shape": None}}
+    sequential = RadiomicExtractor(params).execute(image, mask)
+    parallel_extractor = RadiomicExtractor(params, processes=2)
+    try:
+        parallel = parallel_extractor.execute(image, mask)
+    finally:
+        parallel_extractor.close()
+    assert list(parallel) == list(sequential)  # same names, same order
+    assert parallel == sequential
+    assert sum(name.startswith("original_shape_") for name in parallel) > 0
