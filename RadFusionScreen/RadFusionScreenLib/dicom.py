@@ -166,6 +166,7 @@ def _read_header(path: Path, must_be_dicom: bool) -> Dataset | None:
         with warnings.catch_warnings():  # vendors' over-long DS/IS strings etc. are harmless here
             warnings.simplefilter("ignore")
             header = pydicom.dcmread(path, defer_size=_DEFER_BYTES, force=not has_preamble)
+            _decode_elements(header)
     except Exception as exc:  # pydicom raises many types for damaged files
         raise DicomSeriesError(f"{path}: corrupt or truncated DICOM file ({type(exc).__name__}: {exc})") from exc
     if _sop_class(header) == MEDIA_STORAGE_DIRECTORY:
@@ -177,6 +178,15 @@ def _read_header(path: Path, must_be_dicom: bool) -> Dataset | None:
         )
     _check_pixel_data_complete(path, header)
     return header
+
+
+def _decode_elements(header: Dataset) -> None:
+    """Decode every element but pixel data now: pydicom decodes lazily, so a damaged value
+    representation (a flipped byte: found by the fuzzer) would otherwise fail later, far
+    from the file's name."""
+    for tag in list(header.keys()):
+        if tag not in _PIXEL_DATA_TAGS:
+            header[tag]
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -310,6 +320,14 @@ def _frames_of(header: Dataset) -> list[_Frame]:
 
 
 def _frame(path: Path, index: int | None, header: Dataset, groups: Sequence[Dataset]) -> _Frame:
+    try:
+        return _parse_frame(path, index, header, groups)
+    except (TypeError, ValueError, AttributeError) as exc:  # a damaged number, e.g. "1:5" as a slope
+        raise DicomSeriesError(f"{path}: unreadable frame header ({type(exc).__name__}: {exc}); "
+                               "the file is damaged: remove or replace it") from exc
+
+
+def _parse_frame(path: Path, index: int | None, header: Dataset, groups: Sequence[Dataset]) -> _Frame:
     position = _attribute(header, groups, "PlanePositionSequence", "ImagePositionPatient")
     orientation = _attribute(header, groups, "PlaneOrientationSequence", "ImageOrientationPatient")
     spacing = _attribute(header, groups, "PixelMeasuresSequence", "PixelSpacing")

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -125,13 +126,17 @@ class RadiomicExtractor:
         image = _widen_small_integers(image)
         label = int(self._reference.settings.get("label", 1))
         bbox = _label_bbox(mask, label)  # raises MaskError when empty / one voxel
+        _check_roi_size(bbox, image.GetSpacing(), self._reference.settings)
+        if self._reference.settings.get("normalize", False):
+            _check_not_constant(image)
         # correctMask resamples a mask on another grid onto the image: that needs the whole mask.
         if crop and not self._reference.settings.get("correctMask", False):
             image, mask, extractor = self._preprocess(image, mask, bbox)
         else:
             extractor = self._reference
         try:
-            if extractor is self._inner and self.processes > 1:
+            # one-slice pictures take ~0.2 s: shipping them to workers costs more than it saves
+            if extractor is self._inner and self.processes > 1 and image.GetSize()[2] > 1:
                 result = self._execute_in_parts(image, mask)
             else:
                 result = extractor.execute(image, mask)
@@ -192,6 +197,37 @@ class RadiomicExtractor:
             return image, mask, self._inner
         region = _grow(bbox, margin, image.GetSize(), wrap_axes)
         return _crop(image, region), _crop(mask, region), self._inner
+
+
+def max_roi_voxels() -> int:
+    """Memory guard: the largest ROI box (after resampling) extracted, ~64 M voxels by default.
+
+    pyradiomics keeps several float64 copies of the ROI box per filtered image (8 bytes per
+    voxel each), so 64 M voxels already means several GB; RADFUSION_MAX_ROI_VOXELS changes it.
+    """
+    return int(os.environ.get("RADFUSION_MAX_ROI_VOXELS", 64_000_000))
+
+
+def _check_roi_size(bbox: np.ndarray, spacing: tuple[float, ...], settings: Mapping[str, Any]) -> None:
+    extent = (bbox[3:] - bbox[:3] + 1) * np.asarray(spacing, dtype=float)
+    new = settings.get("resampledPixelSpacing")
+    grid = np.where(np.asarray(new, dtype=float) > 0, np.asarray(new, dtype=float), spacing) if new else np.asarray(spacing)
+    voxels = int(np.prod(np.ceil(extent / grid)))
+    if voxels > max_roi_voxels():
+        raise InputError(f"the ROI's bounding box holds {voxels:,} voxels on the extraction grid, above the memory "
+                         f"guard of {max_roi_voxels():,}: check the segment (is it the lesion, not the body?), use "
+                         "a coarser resampledPixelSpacing, or raise RADFUSION_MAX_ROI_VOXELS")
+
+
+def _check_not_constant(image: sitk.Image) -> None:
+    """Normalisation divides by the image's SD: a constant image would turn into NaNs deep
+    inside pyradiomics (its error then reads "arange: cannot compute length")."""
+    stats = sitk.StatisticsImageFilter()
+    stats.Execute(image)
+    if stats.GetVariance() == 0:
+        raise InputError(f"the image is constant (every voxel is {stats.GetMean():g}): the params normalise "
+                         "intensities (normalize: true), which is undefined for it; check that the right series "
+                         "was loaded")
 
 
 def split_params(params: Mapping[str, Any]) -> list[dict[str, Any]]:

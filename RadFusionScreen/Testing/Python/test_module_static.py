@@ -10,42 +10,100 @@ from pathlib import Path
 MODULE_DIR = Path(__file__).resolve().parents[2]
 MODULE_FILE = MODULE_DIR / "RadFusionScreen.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "RadFusionScreen.ui"
+CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
+
+# Which parameter-node types a bound widget class can hold (parameterNodeWrapper's GUI connectors).
+BINDABLE = {
+    "QComboBox": {"str"},
+    "QLineEdit": {"str"},
+    "QCheckBox": {"bool"},
+    "ctkCheckBox": {"bool"},
+    "ctkSliderWidget": {"float", "int"},
+    "QDoubleSpinBox": {"float"},
+    "ctkDoubleSpinBox": {"float"},
+    "QSpinBox": {"int"},
+}
+WRAPPER_METHODS = {"connectGui", "disconnectGui", "parameterNode"}
+
+
+def _ui_root() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
 
 
 def _ui_widgets() -> dict[str, ET.Element]:
-    root = ET.parse(UI_FILE).getroot()
-    return {w.get("name"): w for w in root.iter("widget")}
+    return {w.get("name"): w for w in _ui_root().iter("widget")}
 
 
-def _parameter_node_fields() -> set[str]:
-    tree = ast.parse(MODULE_FILE.read_text())
-    for node in tree.body:
+def _module_tree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text())
+
+
+def _parameter_node_fields() -> dict[str, str]:
+    """Field name → annotation (as source text) of RadFusionScreenParameterNode."""
+    for node in _module_tree().body:
         if isinstance(node, ast.ClassDef) and node.name == "RadFusionScreenParameterNode":
-            return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
+            assert any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)
+            return {item.target.id: ast.unparse(item.annotation)
+                    for item in node.body if isinstance(item, ast.AnnAssign)}
     raise AssertionError("RadFusionScreenParameterNode not found")
 
 
-def test_every_ui_name_the_code_uses_exists_in_the_ui_file():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
-    assert used, "the widget uses no self.ui names: the check would be vacuous"
-    missing = used - set(_ui_widgets())
-    assert not missing, f"widgets used in RadFusionScreen.py but absent from the .ui: {sorted(missing)}"
-
-
-def test_gui_bindings_name_real_parameter_node_fields():
-    fields = _parameter_node_fields()
+def _bindings() -> dict[str, tuple[ET.Element, str]]:
     bound = {}
     for name, widget in _ui_widgets().items():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
-                bound[name] = prop.findtext("string")
-    assert bound, "no widget is bound to the parameter node"
-    unknown = {w: p for w, p in bound.items() if p not in fields}
-    assert not unknown, f"SlicerParameterName values without a parameter-node field: {unknown}"
+                bound[name] = (widget, prop.findtext("string"))
+    return bound
+
+
+def test_every_ui_name_the_code_uses_exists_in_the_ui_file():
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    assert len(used) >= 20, "the widget uses few self.ui names: the check would be nearly vacuous"
+    missing = used - set(_ui_widgets())
+    assert not missing, f"widgets used in RadFusionScreen.py but absent from the .ui: {sorted(missing)}"
+
+
+def test_gui_bindings_name_real_parameter_node_fields_of_a_matching_type():
+    fields = _parameter_node_fields()
+    bound = _bindings()
+    expected = {"inputVolume", "inputSegmentation", "device", "heatmapOpacity", "heatmapVisible"}
+    assert expected <= {parameter for _, parameter in bound.values()}
+    for name, (widget, parameter) in bound.items():
+        assert parameter in fields, f"{name}: SlicerParameterName {parameter!r} is not a parameter-node field"
+        annotation, widget_class = fields[parameter], widget.get("class")
+        if widget_class == "qMRMLNodeComboBox":
+            node_types = [s.text for s in widget.iter("string") if s.text and s.text.startswith("vtkMRML")]
+            assert annotation in node_types, f"{name} lists {node_types}, the field holds {annotation}"
+        else:
+            assert annotation in BINDABLE.get(widget_class, set()), f"{name} ({widget_class}) cannot hold {annotation}"
+
+
+def test_parameter_node_fields_the_code_uses_exist():
+    fields = _parameter_node_fields()
+    text = MODULE_FILE.read_text()
+    used = set(re.findall(r"(?:self\._parameterNode|parameterNode)\.([a-z]\w*)", text)) - WRAPPER_METHODS
+    assert {"probability", "featureTable", "heatmapVolume", "resultJson"} <= used
+    missing = used - set(fields)
+    assert not missing, f"parameter-node fields used but not declared: {sorted(missing)}"
+
+
+def test_ui_declares_its_custom_widgets_and_gives_mrml_widgets_the_scene():
+    root = _ui_root()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    custom = {c for c in used if not c.startswith("Q")}
+    assert custom <= declared, f"custom widgets without a <customwidget> entry: {sorted(custom - declared)}"
+    scene_receivers = {c.findtext("receiver") for c in root.iter("connection")
+                       if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    needs_scene = {name for name, w in _ui_widgets().items()
+                   if w.get("class").startswith("qMRML") and w.get("class") != "qMRMLWidget"}
+    missing = needs_scene - scene_receivers
+    assert not missing, f"qMRML widgets without setMRMLScene: {sorted(missing)}"
 
 
 def test_module_follows_the_template_split_and_keeps_engine_out():
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = _module_tree()
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     expected = {"RadFusionScreen", "RadFusionScreenParameterNode", "RadFusionScreenWidget",
                 "RadFusionScreenLogic", "RadFusionScreenTest"}
@@ -56,3 +114,30 @@ def test_module_follows_the_template_split_and_keeps_engine_out():
         assert not re.search(r"^\s*(import|from)\s+(qt|ctk|slicer\.app)\b", text, re.M), path
         if path.name != "mrml.py":  # the one MRML adapter imports slicer lazily, inside functions
             assert not re.search(r"^\s*(import|from)\s+slicer\b", text, re.M), path
+
+
+def test_logic_and_module_import_without_qt():
+    """qt / ctk are imported only under a guard, and the Logic's code never touches them, so the
+    Logic runs headless (slicer-core, tests, PythonSlicer)."""
+    tree = _module_tree()
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = {a.name.split(".")[0] for a in node.names} | {getattr(node, "module", None) or ""}
+            assert not names & {"qt", "ctk"}, "unguarded top-level import of qt / ctk"
+    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "RadFusionScreenLogic")
+    qt_uses = [n.id for n in ast.walk(logic) if isinstance(n, ast.Name) and n.id in ("qt", "ctk")]
+    assert not qt_uses, "the Logic uses Qt"
+    help_text = MODULE_FILE.read_text()
+    assert "not for clinical use without local validation" in help_text and "CITATION" in help_text
+
+
+def test_cmake_builds_every_script_and_resource_with_tests():
+    cmake = CMAKE_FILE.read_text()
+    assert re.search(r"slicerMacroBuildScriptedModule\((?:.|\n)*WITH_GENERIC_TESTS", cmake)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+    assert "${MODULE_NAME}.py" in cmake and "${MODULE_NAME}Lib/*.py" in cmake and "GLOB_RECURSE" in cmake
+    resources = [p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()]
+    for resource in resources:
+        listed = resource.replace("RadFusionScreen", "${MODULE_NAME}")
+        assert resource in cmake or listed in cmake, f"{resource} is not listed in CMakeLists.txt"
+    assert "../models" in cmake, "the shipped model bundles must travel with the module"
