@@ -304,7 +304,7 @@ class RadFusionScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _buildClinicalForm(self, screener) -> None:
         values = parseClinicalValues(self._parameterNode.clinicalValues)
-        levels = screener._categorical_levels()  # no public accessor in the engine yet
+        levels = screener.categorical_levels
         for name in screener.clinical_predictors:
             if name in levels:
                 editor = qt.QComboBox()

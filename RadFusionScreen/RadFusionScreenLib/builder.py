@@ -222,6 +222,7 @@ def extraction_record(config: Any, table: pd.DataFrame) -> dict[str, Any]:
     record: dict[str, Any] = {
         "modality": modality, "params_yaml": Path(params_path).read_text(), "params_sha256": radiomic.params_hash,
         "pyradiomics_version": radiomic.pyradiomics_version, "label": config.label,
+        "segment": getattr(config, "segment", None),
     }
     if config.deep is not None:
         from .deep import get_deep_extractor

@@ -52,13 +52,23 @@ def _add_extraction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series-uid", help="SeriesInstanceUID to read when a DICOM folder holds several series")
 
 
+def _add_segment_option(parser: argparse.ArgumentParser, per_case: bool = False) -> None:
+    extra = " (a manifest's segment column overrides it per case)" if per_case else ""
+    parser.add_argument(
+        "--segment", metavar="NAME|NUMBER",
+        help="segment of a DICOM SEG / ROI of an RTSTRUCT mask, by name or number "
+        f"(needed when it holds several; the error lists them){extra}",
+    )
+
+
 def _add_features_command(commands) -> None:
     parser = commands.add_parser("features", help="features of one case (image + mask) into a one-row CSV")
     parser.add_argument("image", help="image: NRRD, NIfTI, MHA, PNG/JPEG, or a DICOM series folder")
-    parser.add_argument("mask", help="mask label image in the image's geometry")
+    parser.add_argument("mask", help="mask: label image in the image's geometry, or a DICOM SEG / RTSTRUCT file")
     parser.add_argument("-o", "--output", required=True, help="output CSV")
     parser.add_argument("--case-id", help="case_id column (default: a hash of the image content, never a name)")
     _add_extraction_options(parser)
+    _add_segment_option(parser)
     parser.set_defaults(run=run_features)
 
 
@@ -75,6 +85,7 @@ def _add_extract_command(commands) -> None:
     parser.add_argument("--scheduler", help="dask backend: scheduler address, e.g. tcp://10.0.0.5:8786 "
                         "(default: a local cluster of --workers processes)")
     _add_extraction_options(parser)
+    _add_segment_option(parser, per_case=True)
     parser.set_defaults(run=run_extract)
 
 
@@ -138,6 +149,7 @@ def _add_screen_command(commands) -> None:
     parser.add_argument("--device", default="auto", help="CNN device: auto (CUDA when present), cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("-o", "--output", help="manifest mode: predictions CSV to write")
+    _add_segment_option(parser, per_case=True)
     parser.set_defaults(run=run_screen)
 
 
@@ -163,6 +175,7 @@ def _config(args: argparse.Namespace):
         label=args.label,
         series_uid=args.series_uid,
         names=args.names,
+        segment=getattr(args, "segment", None),
     )
 
 
@@ -247,7 +260,7 @@ def run_screen(args: argparse.Namespace) -> int:
             raise RadFusionError("a manifest needs -o PREDICTIONS.csv (or give IMAGE MASK to screen one case)")
         from .screening import screen_manifest
 
-        table = screen_manifest(args.inputs[0], args.output, Screener(args.model, device))
+        table = screen_manifest(args.inputs[0], args.output, Screener(args.model, device), segment=args.segment)
         failed = int((table["error"] != "").sum())
         print(f"{len(table) - failed} of {len(table)} cases screened -> {args.output}", file=sys.stderr)
         return 0
@@ -255,7 +268,7 @@ def run_screen(args: argparse.Namespace) -> int:
         raise RadFusionError("give IMAGE MASK (one case) or MANIFEST.csv -o PREDICTIONS.csv")
     clinical = _key_values(args.clinical)
     result = Screener(args.model, device).screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site,
-                                                 label=args.label, heatmap=True)
+                                                 label=args.label, heatmap=True, segment=args.segment)
     if args.heatmap and result.heatmap is not None:
         from .screening import write_image_atomic
 

@@ -3,7 +3,8 @@
 Manifest (CSV): ``case_id, image, mask`` plus any other columns (label, site, clinical
 values, ...), which are passed through to the feature table unchanged. Relative paths are
 resolved against the manifest's folder. An optional ``mask_label`` column overrides the
-mask label value per case.
+mask label value per case, and an optional ``segment`` column the DICOM SEG segment /
+RTSTRUCT ROI (name or number) per case; empty cells fall back to the run's setting.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from .errors import InputError, RadFusionError
-from .features import CaseFeatureExtractor, ExtractionConfig, hash_inputs
+from .features import CaseFeatureExtractor, ExtractionConfig, hash_inputs, normalise_segment
 
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
-ENGINE_COLUMNS = ("image", "mask", "mask_label")  # consumed, not passed through
+ENGINE_COLUMNS = ("image", "mask", "mask_label", "segment")  # consumed, not passed through
 CACHE_DIRNAME = ".radfusion_cache"
 BACKENDS = ("local", "dask")
 
@@ -38,6 +39,7 @@ class CaseTask:
     mask: str
     label: int | None
     passthrough: dict[str, Any]
+    segment: str | int | None = None
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -45,7 +47,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"manifest not found: {path}")
-    manifest = pd.read_csv(path, dtype={"case_id": str})
+    manifest = pd.read_csv(path, dtype={"case_id": str, "segment": str})  # "1" stays a string: names first
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise InputError(
@@ -61,12 +63,15 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     return manifest
 
 
-def manifest_tasks(manifest: pd.DataFrame, base_dir: Path, default_label: int | None) -> list[CaseTask]:
+def manifest_tasks(
+    manifest: pd.DataFrame, base_dir: Path, default_label: int | None, default_segment: str | int | None = None
+) -> list[CaseTask]:
     """Resolve manifest rows into tasks (relative paths against the manifest's folder)."""
     tasks = []
     for row in manifest.to_dict(orient="records"):
         label = row.get("mask_label")
         label = default_label if label is None or pd.isna(label) else int(label)
+        segment = normalise_segment(row.get("segment"))
         passthrough = {k: v for k, v in row.items() if k not in ENGINE_COLUMNS and k != "case_id"}
         tasks.append(
             CaseTask(
@@ -75,6 +80,7 @@ def manifest_tasks(manifest: pd.DataFrame, base_dir: Path, default_label: int | 
                 mask=str(_resolve(base_dir, row["mask"])),
                 label=label,
                 passthrough=passthrough,
+                segment=default_segment if segment is None else segment,
             )
         )
     return tasks
@@ -137,6 +143,7 @@ def _extract_task(task: CaseTask, key: str | None, config: dict[str, Any]) -> di
     """Extract one case; any failure becomes the row's error message, never an exception."""
     extractor = _worker_extractor(config)
     extractor.config.label = task.label
+    extractor.config.segment = task.segment
     try:
         features = extractor.extract_paths(task.image, task.mask)
         return {"row": features.row(), "error": "", "key": key}
@@ -172,7 +179,7 @@ def extract_cohort(
     config = config or ExtractionConfig()
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
-    tasks = manifest_tasks(manifest, manifest_path.parent, config.label)
+    tasks = manifest_tasks(manifest, manifest_path.parent, config.label, config.segment)
     if cache_dir == "auto":
         cache_dir = Path(output_path).parent / CACHE_DIRNAME
     cache = FeatureCache(Path(cache_dir) if cache_dir else None)
@@ -206,7 +213,7 @@ def _cache_key(task: CaseTask, config: ExtractionConfig) -> str | None:
     paths = [Path(task.image), Path(task.mask)]
     if not all(p.exists() for p in paths):
         return None
-    settings = {**config.fingerprint(), "label": task.label}
+    settings = {**config.fingerprint(), "label": task.label, "segment": task.segment}
     return hash_inputs(paths, settings)
 
 

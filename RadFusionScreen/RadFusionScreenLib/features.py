@@ -38,8 +38,10 @@ class ExtractionConfig:
     label: int | None = None  # mask label value; None → the single non-zero label
     series_uid: str | None = None  # pick one series from a DICOM folder holding several
     names: str = "pyradiomics"  # column naming: pyradiomics names or IBSI tags
+    segment: str | int | None = None  # DICOM SEG segment / RTSTRUCT ROI: name or number
 
     def __post_init__(self) -> None:
+        self.segment = normalise_segment(self.segment)
         if self.modality is not None:
             self.modality = self.modality.upper()
             if self.modality not in MODALITIES:
@@ -60,7 +62,30 @@ class ExtractionConfig:
             "label": self.label,
             "series_uid": self.series_uid,
             "names": self.names,
+            "segment": self.segment,
         }
+
+
+def normalise_segment(segment: Any) -> str | int | None:
+    """A segment choice as typed (API, CLI, CSV cell): blanks and NaN mean none, 2.0 becomes 2.
+
+    Text stays text, even digits: a name is tried before a number (see
+    :func:`.dicom_seg.choose_segment`), so a segment named "2" remains reachable.
+    """
+    if segment is None or isinstance(segment, bool):
+        return None
+    if isinstance(segment, (int, np.integer)):
+        return int(segment)
+    if isinstance(segment, (float, np.floating)):
+        if not np.isfinite(segment):
+            return None
+        if float(segment).is_integer():
+            return int(segment)
+        raise InputError(f"segment {segment!r}: give a segment name or a whole number")
+    text = str(segment).strip()
+    if not text:
+        return None
+    return text
 
 
 @dataclass
@@ -89,7 +114,7 @@ class CaseFeatureExtractor:
         from .io import read_image_with_metadata, read_mask
 
         image, info = read_image_with_metadata(image_path, series_uid=self.config.series_uid)
-        mask = read_mask(mask_path, reference=image, label=self.config.label)
+        mask = read_mask(mask_path, reference=image, label=self.config.label, segment=self.config.segment)
         return self.extract(image, mask, modality=modality or info.get("modality"), source=info)
 
     def extract(

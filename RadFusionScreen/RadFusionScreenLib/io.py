@@ -18,7 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom import is_dicom_file, read_dicom_file, read_dicom_series, rgb_to_luminance
-from .errors import GeometryMismatchError, InputError, MaskError
+from .dicom_seg import dicom_mask_modality, find_dicom_mask, read_dicom_mask
+from .errors import DicomSeriesError, GeometryMismatchError, InputError, MaskError
 
 VOLUME_FORMATS = {
     ".nii": "nifti",
@@ -66,7 +67,7 @@ def read_image_with_metadata(path: str | Path, series_uid: str | None = None) ->
 def _read_scalar_volume(path: Path, series_uid: str | None) -> tuple[sitk.Image, dict[str, Any]]:
     metadata: dict[str, Any] = {"path": str(path), "modality": None}
     if path.is_dir() or (is_dicom_file(path) and _format_of(path) is None):
-        image, series = read_dicom_series(path, series_uid) if path.is_dir() else read_dicom_file(path)
+        image, series = _read_dicom_image(path, series_uid)
         metadata.update(source_format="dicom", modality=series.get("Modality") or None, dicom=series)
         return image, metadata
     source_format = _format_of(path)
@@ -75,6 +76,31 @@ def _read_scalar_volume(path: Path, series_uid: str | None) -> tuple[sitk.Image,
     if source_format in PICTURE_FORMATS.values():
         return _picture_to_volume(image, path), metadata
     return _to_3d(_scalar(image, path), path), metadata
+
+
+def _read_dicom_image(path: Path, series_uid: str | None) -> tuple[sitk.Image, dict[str, Any]]:
+    """A DICOM series folder or file; a segmentation given in the image's place is named as such."""
+    if path.is_file() and dicom_mask_modality(path):
+        raise InputError(_mask_as_image(path, dicom_mask_modality(path)))
+    try:
+        return read_dicom_series(path, series_uid) if path.is_dir() else read_dicom_file(path)
+    except DicomSeriesError as error:
+        if path.is_dir() and "no image series" in str(error):
+            found = _dicom_mask_in(path)
+            if found is not None:
+                raise InputError(_mask_as_image(path, dicom_mask_modality(found))) from error
+        raise
+
+
+def _dicom_mask_in(folder: Path) -> Path | None:
+    try:
+        return find_dicom_mask(folder)
+    except MaskError:  # several structure sets: still not an image
+        return next(p for p in folder.rglob("*") if dicom_mask_modality(p))
+
+
+def _mask_as_image(path: Path, modality: str | None) -> str:
+    return f"{path} is a DICOM {modality} (a mask), not an image: pass it as the mask (and the image series as the image)"
 
 
 def _existing(path: str | Path) -> Path:
@@ -204,19 +230,48 @@ def _unpack(data: bytes, endian: str, *fields: tuple[str, int]) -> tuple[Any, ..
 # ------------------------------------------------------------------------------ masks
 
 
-def read_mask(path: str | Path, reference: sitk.Image | None = None, label: int | None = None) -> sitk.Image:
+def read_mask(
+    path: str | Path, reference: sitk.Image | None = None, label: int | None = None, segment: str | int | None = None
+) -> sitk.Image:
     """Read a label image as a binary mask (uint8, 0/1) on the mask file's own geometry.
 
     ``label`` selects the voxels equal to it; without it the mask must hold exactly one
     non-zero value (0/255 PNG masks qualify). An empty selection raises
     :class:`MaskError`. With ``reference``, the mask must lie on the reference's voxel
     grid (:func:`check_geometry`).
+
+    A DICOM SEG or RTSTRUCT (a file, or a folder holding exactly one) is rasterised onto
+    ``reference``, which it then needs; ``segment`` picks its segment / ROI by name or
+    number (see :func:`.dicom_seg.read_dicom_mask`). ``label`` and ``segment`` each apply
+    to one kind of mask only, and are refused for the other rather than ignored.
     """
-    labels, _ = _read_scalar_volume(_existing(path), None)
+    path = _existing(path)
+    dicom_mask = find_dicom_mask(path)
+    if dicom_mask is not None:
+        return _read_dicom_mask(dicom_mask, reference, label, segment)
+    if segment is not None:
+        raise MaskError(
+            f"segment {segment!r} given, but {path} is a label image, not a DICOM SEG/RTSTRUCT: "
+            "choose its value with label= (CLI: --label)"
+        )
+    labels, _ = _read_scalar_volume(path, None)
     mask = binary_mask(labels, label=label, source=str(path))
     if reference is not None:
         check_geometry(reference, mask)
     return mask
+
+
+def _read_dicom_mask(
+    path: Path, reference: sitk.Image | None, label: int | None, segment: str | int | None
+) -> sitk.Image:
+    if reference is None:
+        raise InputError(f"{path} is a DICOM {dicom_mask_modality(path)}: it needs the image it segments to be placed on")
+    if label is not None:
+        raise MaskError(
+            f"label {label} given, but {path} is a DICOM {dicom_mask_modality(path)}: "
+            "choose its segment with segment= (CLI: --segment NAME|NUMBER)"
+        )
+    return read_dicom_mask(path, reference, segment)
 
 
 def binary_mask(labels: sitk.Image, label: int | None = None, source: str = "mask") -> sitk.Image:
@@ -307,12 +362,16 @@ def describe_geometry(image: sitk.Image) -> str:
 
 
 def load_case(
-    image_path: str | Path, mask_path: str | Path, label: int | None = None, series_uid: str | None = None
+    image_path: str | Path,
+    mask_path: str | Path,
+    label: int | None = None,
+    series_uid: str | None = None,
+    segment: str | int | None = None,
 ) -> tuple[sitk.Image, sitk.Image, dict[str, Any]]:
-    """Image, its geometry-checked binary mask, and the image's metadata (plus ``mask_path`` and ``label``)."""
+    """Image, its geometry-checked binary mask, and the image's metadata (plus ``mask_path``, ``label``, ``segment``)."""
     image, metadata = read_image_with_metadata(image_path, series_uid=series_uid)
-    mask = read_mask(mask_path, reference=image, label=label)
-    metadata.update(mask_path=str(mask_path), label=label)
+    mask = read_mask(mask_path, reference=image, label=label, segment=segment)
+    metadata.update(mask_path=str(mask_path), label=label, segment=segment)
     return image, mask, metadata
 
 

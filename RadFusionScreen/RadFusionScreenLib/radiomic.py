@@ -182,10 +182,12 @@ class RadiomicExtractor:
         from radiomics import imageoperations
 
         settings = self._reference.settings
-        mask = sitk.Cast(mask, sitk.sitkUInt32)  # as pyradiomics' getMask, without its np.unique pass
         if settings.get("normalize", False):
             image = imageoperations.normalizeImage(image, **settings)
         if settings.get("interpolator") is not None and settings.get("resampledPixelSpacing") is not None:
+            # Only the image is cropped: pyradiomics aligns the new grid with the mask's corner voxel,
+            # so the mask keeps its grid. It stays uint8 (nearest-neighbour resampling of 0/1 gives
+            # the same voxels as pyradiomics' UInt32 copy, without a 4-bytes-per-voxel full volume).
             image = _crop(image, _grow(bbox, _resample_margin(settings, mask), image.GetSize(), ()))
             try:
                 image, mask = imageoperations.resampleImage(image, mask, **settings)
@@ -194,9 +196,9 @@ class RadiomicExtractor:
             return image, mask, self._inner
         margin, wrap_axes = crop_margin(self._reference.enabledImagetypes, settings, image.GetSpacing())
         if margin is None:  # a whole-image filter is enabled: cropping would change its values
-            return image, mask, self._inner
+            return image, sitk.Cast(mask, sitk.sitkUInt32), self._inner
         region = _grow(bbox, margin, image.GetSize(), wrap_axes)
-        return _crop(image, region), _crop(mask, region), self._inner
+        return _crop(image, region), sitk.Cast(_crop(mask, region), sitk.sitkUInt32), self._inner
 
 
 def max_roi_voxels() -> int:
@@ -268,7 +270,8 @@ def _execute_part(params_json: str, image: sitk.Image, mask: sitk.Image) -> dict
 
 
 # 8- and 16-bit integer pixel types that pyradiomics' fixed-bin-width discretisation can overflow.
-_SMALL_INTEGER_TYPES = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16)
+_SMALL_INTEGER_TYPES = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16)
+_INT16_SAFE_MAXIMUM = 30000  # int16 CT (HU) stays int16, a full-size copy saved; near the limit it is widened
 
 
 def _widen_small_integers(image: sitk.Image) -> sitk.Image:
@@ -282,6 +285,11 @@ def _widen_small_integers(image: sitk.Image) -> sitk.Image:
     """
     if image.GetPixelID() in _SMALL_INTEGER_TYPES:
         return sitk.Cast(image, sitk.sitkInt32)
+    if image.GetPixelID() == sitk.sitkInt16:
+        extremes = sitk.MinimumMaximumImageFilter()
+        extremes.Execute(image)
+        if extremes.GetMaximum() > _INT16_SAFE_MAXIMUM:
+            return sitk.Cast(image, sitk.sitkInt32)
     return image
 
 

@@ -34,7 +34,16 @@ import SimpleITK as sitk
 from .errors import InputError
 
 DEFAULT_MODEL = "busi-ultrasound"
-MODELS_DIR = Path(os.environ.get("RADFUSION_MODELS", Path(__file__).resolve().parents[2] / "models"))
+def _models_dir() -> Path:
+    """RADFUSION_MODELS, else the repository's models/, else an installed extension's Resources/models."""
+    if "RADFUSION_MODELS" in os.environ:
+        return Path(os.environ["RADFUSION_MODELS"])
+    here = Path(__file__).resolve()
+    candidates = (here.parents[2] / "models", here.parents[1] / "Resources" / "models")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+MODELS_DIR = _models_dir()
 RISK_CLASSES = ("low", "high")  # below / at or above the bundle's decision threshold
 SCORE_NAMES = ("rad_score", "deep_score")
 
@@ -162,13 +171,20 @@ class Screener:
 
     def screen(self, image: Any, mask: Any, clinical: Mapping[str, Any] | None = None, site: str | None = None,
                label: int | None = None, geometry: Mapping[str, Any] | None = None,
-               heatmap: bool = True) -> ScreenResult:
-        """Screen one case (see the module doc). Raises :class:`InputError` on bad input."""
+               heatmap: bool = True, segment: str | int | None = None, modality: str | None = None) -> ScreenResult:
+        """Screen one case (see the module doc). Raises :class:`InputError` on bad input.
+
+        ``segment``: the segment / ROI (name or number) when ``mask`` is a DICOM SEG or RTSTRUCT file.
+        ``modality``: the image's modality (CT / MR / US / PT) when known, e.g. from the DICOM
+        header of a Slicer volume; else the file's DICOM tag, else the engine's rule (one-slice
+        pictures are ultrasound; volumes with air below -500 are CT; others MR). A modality
+        other than the model's is refused.
+        """
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        image, mask, modality = _case_images(image, mask, label, geometry)
+        image, mask, file_modality = _case_images(image, mask, label, geometry, segment)
         timings["io"] = _lap(clock)
-        self._check_modality(modality)
+        self._check_modality(image, modality or file_modality)
         row = self._clinical_row(clinical, site)
         clock = time.perf_counter()
         radiomic = self._radiomic.execute(image, mask)
@@ -193,15 +209,20 @@ class Screener:
         return self._result(predicted, row, used, None if cam is None else cam.image, timings, warnings)
 
     # ------------------------------------------------------------------ steps
-    def _check_modality(self, modality: str | None) -> None:
-        if modality and self.modality and _modality_code(modality) != self.modality:
+    def _check_modality(self, image: sitk.Image, declared: str | None) -> None:
+        from .features import resolve_modality
+
+        found = resolve_modality(declared, image)
+        if self.modality and found != self.modality:
+            how = f"declared {declared}" if declared else "by its intensities and shape"
             raise InputError(f"the model {self.bundle.manifest.get('name')!r} was trained on {self.modality} "
-                             f"images; this image is {modality}")
+                             f"images; this image is {found} ({how}). Use a {found} model, or pass the "
+                             "modality if it was misjudged")
 
     def _clinical_row(self, clinical: Mapping[str, Any] | None, site: str | None) -> dict[str, Any]:
         clinical = dict(clinical or {})
         row: dict[str, Any] = {}
-        categorical = self._categorical_levels()
+        categorical = self.categorical_levels
         for name in self.clinical_predictors:
             value = clinical.get(name)
             if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
@@ -218,7 +239,9 @@ class Screener:
             row[self.site_column] = str(site)
         return row
 
-    def _categorical_levels(self) -> dict[str, list[str]]:
+    @property
+    def categorical_levels(self) -> dict[str, list[str]]:
+        """Allowed values of each categorical clinical predictor (the first is the reference)."""
         nomogram = self.bundle.nomogram
         if nomogram is None:
             return {}
@@ -293,10 +316,16 @@ def deep_score_head(model: Any, frame: pd.DataFrame, deep_names: list[str]) -> t
 
 
 # ==================================================================== helpers
-def _case_images(image: Any, mask: Any, label: int | None,
-                 geometry: Mapping[str, Any] | None) -> tuple[sitk.Image, sitk.Image, str | None]:
-    """Image and binary mask on one grid, from paths, SimpleITK images or numpy arrays."""
+def _case_images(image: Any, mask: Any, label: int | None, geometry: Mapping[str, Any] | None,
+                 segment: str | int | None = None) -> tuple[sitk.Image, sitk.Image, str | None]:
+    """Image and binary mask on one grid, from paths, SimpleITK images or numpy arrays.
+
+    A mask path may be a DICOM SEG / RTSTRUCT: it is rasterised onto the image's grid.
+    """
+    from .features import normalise_segment
     from .io import binary_mask, check_geometry, read_image_with_metadata, read_mask
+
+    segment = normalise_segment(segment)
 
     modality = None
     if isinstance(image, (str, os.PathLike)):
@@ -305,7 +334,10 @@ def _case_images(image: Any, mask: Any, label: int | None,
     else:
         image = _as_image(image, geometry, "image")
     if isinstance(mask, (str, os.PathLike)):
-        return image, read_mask(mask, reference=image, label=label), modality
+        return image, read_mask(mask, reference=image, label=label, segment=segment), modality
+    if segment is not None:
+        raise InputError(f"segment {segment!r} given, but the mask is an image or array, not a DICOM SEG/RTSTRUCT "
+                         "file: choose its value with label=")
     from_array = isinstance(mask, np.ndarray)
     mask = _as_image(mask, geometry, "mask")
     if from_array and mask.GetSize() == image.GetSize():
@@ -329,12 +361,6 @@ def _as_image(value: Any, geometry: Mapping[str, Any] | None, what: str) -> sitk
         image.SetDirection(tuple(float(s) for s in geometry.get("direction", np.eye(3).ravel())))
         return image
     raise InputError(f"{what}: expected a file path, a SimpleITK image or a numpy array, got {type(value).__name__}")
-
-
-def _modality_code(modality: str) -> str:
-    from .features import resolve_modality
-
-    return resolve_modality(modality, sitk.Image([1, 1, 1], sitk.sitkUInt8))
 
 
 def _clinical_value(name: str, value: Any, levels: list[str] | None) -> Any:
@@ -407,32 +433,37 @@ _SCREENERS: dict[tuple[str, str | None], Screener] = {}
 
 def screen(image: Any, mask: Any, model: str | os.PathLike | None = None, clinical: Mapping[str, Any] | None = None,
            device: str | None = None, site: str | None = None, label: int | None = None,
-           geometry: Mapping[str, Any] | None = None) -> ScreenResult:
+           geometry: Mapping[str, Any] | None = None, segment: str | int | None = None) -> ScreenResult:
     """Screen one case with a model bundle (default: the shipped one); the bundle stays loaded.
 
     ``image`` / ``mask``: file paths (any supported format, DICOM folders), SimpleITK images,
     or numpy arrays (z, y, x; ``geometry`` gives spacing / origin / direction, default unit).
+    ``segment``: name or number of the segment / ROI when the mask is a DICOM SEG or RTSTRUCT.
     """
     key = (str(resolve_model_path(model).resolve()), device)
     if key not in _SCREENERS:
         _SCREENERS[key] = Screener(model, device)
-    return _SCREENERS[key].screen(image, mask, clinical=clinical, site=site, label=label, geometry=geometry)
+    return _SCREENERS[key].screen(image, mask, clinical=clinical, site=site, label=label, geometry=geometry,
+                                  segment=segment)
 
 
 PREDICTION_COLUMNS = ("case_id", "probability", "decision", "risk_class", "rad_score", "deep_score", "error")
 
 
 def screen_manifest(manifest_path: str | os.PathLike, output_path: str | os.PathLike,
-                    screener: Screener) -> pd.DataFrame:
+                    screener: Screener, segment: str | int | None = None) -> pd.DataFrame:
     """Screen every case of a manifest with one loaded model; one row per case (atomic CSV).
 
-    Clinical values and the site come from manifest columns of the same names. A case that
-    fails gets its message in ``error`` and the others go on.
+    Clinical values and the site come from manifest columns of the same names; a ``segment``
+    column (DICOM SEG / RTSTRUCT masks) overrides ``segment`` per case. A case that fails
+    gets its message in ``error`` and the others go on.
     """
     from .cohort import manifest_tasks, read_manifest, write_csv_atomic
+    from .features import normalise_segment
 
     manifest_path = Path(manifest_path)
-    tasks = manifest_tasks(read_manifest(manifest_path), manifest_path.parent, default_label=None)
+    tasks = manifest_tasks(read_manifest(manifest_path), manifest_path.parent, default_label=None,
+                           default_segment=normalise_segment(segment))
     rows = []
     for task in tasks:
         row: dict[str, Any] = {"case_id": task.case_id, "error": ""}
@@ -441,7 +472,7 @@ def screen_manifest(manifest_path: str | os.PathLike, output_path: str | os.Path
             clinical = {name: extra.get(name) for name in screener.clinical_predictors}
             site = extra.get(screener.site_column) if screener.site_column else None
             result = screener.screen(task.image, task.mask, clinical=clinical, site=None if site is None else str(site),
-                                     label=task.label, heatmap=False)
+                                     label=task.label, heatmap=False, segment=task.segment)
             row.update(probability=result.probability, decision=result.decision, risk_class=result.risk_class,
                        rad_score=result.rad_score, deep_score=result.deep_score)
         except InputError as exc:

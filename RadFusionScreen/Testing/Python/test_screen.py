@@ -224,3 +224,14 @@ def test_demo_without_shared_data_screens_a_generated_phantom(tmp_path, monkeypa
     result = json.loads((tmp_path / "demo" / "result.json").read_text())
     assert 0 <= result["probability"] <= 1 and result["recorded_probability"] is None
     assert (tmp_path / "demo" / "synthetic_ultrasound.png").is_file()
+
+
+def test_another_modality_is_refused_also_for_arrays(screener):
+    """The ultrasound model refuses a CT volume given as SimpleITK image (as Slicer passes it)."""
+    from RadFusionScreenLib.phantoms import synthetic_ct
+
+    image, mask = synthetic_ct(shape=(16, 48, 48), radius_mm=6.0)
+    with pytest.raises(InputError, match="trained on US images; this image is CT"):
+        screener.screen(image, mask, heatmap=False)
+    with pytest.raises(InputError, match="this image is MR \\(declared MR\\)"):
+        screener.screen(image, mask, heatmap=False, modality="MR")
