@@ -100,7 +100,7 @@ def warm_screen(image: Path, mask: Path, model: str, repeats: int, device: str |
     from RadFusionScreenLib.io import read_image, read_mask
     from RadFusionScreenLib.screening import Screener
 
-    screener = Screener(model, device)
+    screener = Screener(model, device, processes=os.cpu_count())  # as `radfusion screen` does
     reference = RadiomicsFeatureExtractor(yaml.safe_load(screener.extraction["params_yaml"]))
     volume = read_image(image)
     roi = read_mask(mask, reference=volume)

@@ -15,7 +15,7 @@ the test set clean:
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -87,11 +87,11 @@ def build_model(
 
     log = progress or (lambda message: None)
     table, extraction = load_training_table(Path(input_path), options, out_dir, log)
-    site_column = options.site_column if options.site_column in table.columns else None
-    options.site_column = site_column
+    # a table without the site column: no ComBat, no site columns (a copy: the caller's options stay)
+    options = replace(options, site_column=options.site_column if options.site_column in table.columns else None)
     split = split_cohort(table, options.test_size, options.seed, stratify=options.label_column,
                          groups=options.group_column, external_site=options.external_site,
-                         site_column=site_column or "site")
+                         site_column=options.site_column or "site")
     log(f"split: {split.description}: {len(split.train)} training, {len(split.test)} test cases")
     columns = infer_feature_columns(table, options.clinical)
     columns, icc_note = icc_filtered_columns(split.train, columns, options)

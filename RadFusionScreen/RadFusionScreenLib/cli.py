@@ -252,23 +252,27 @@ def run_train(args: argparse.Namespace) -> int:
 def run_screen(args: argparse.Namespace) -> int:
     import json
 
+    import os
+
     from .screening import Screener
 
     device = None if args.device == "auto" else args.device
+    processes = os.cpu_count() or 1  # safe here: the console script's main module is guarded
     if len(args.inputs) == 1:
         if not args.output:
             raise RadFusionError("a manifest needs -o PREDICTIONS.csv (or give IMAGE MASK to screen one case)")
         from .screening import screen_manifest
 
-        table = screen_manifest(args.inputs[0], args.output, Screener(args.model, device), segment=args.segment)
+        table = screen_manifest(args.inputs[0], args.output, Screener(args.model, device, processes), segment=args.segment)
         failed = int((table["error"] != "").sum())
         print(f"{len(table) - failed} of {len(table)} cases screened -> {args.output}", file=sys.stderr)
         return 0
     if len(args.inputs) != 2:
         raise RadFusionError("give IMAGE MASK (one case) or MANIFEST.csv -o PREDICTIONS.csv")
     clinical = _key_values(args.clinical)
-    result = Screener(args.model, device).screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site,
-                                                 label=args.label, heatmap=True, segment=args.segment)
+    screener = Screener(args.model, device, processes)
+    result = screener.screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site, label=args.label,
+                             heatmap=True, segment=args.segment)
     if args.heatmap and result.heatmap is not None:
         from .screening import write_image_atomic
 

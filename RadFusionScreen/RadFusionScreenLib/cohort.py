@@ -121,8 +121,15 @@ _WORKER_EXTRACTORS: dict[str, CaseFeatureExtractor] = {}
 
 
 def _init_worker(config: dict[str, Any], torch_threads: int) -> None:
-    """Runs once per local worker process: thread budget, then the extractor."""
+    """Runs once per local worker process: thread budget, then the extractor.
+
+    Each worker gets its share of the cores for torch, OpenMP and ITK alike: ITK's default is
+    every core per filter, so two workers would otherwise run four threads on two cores.
+    """
     os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(torch_threads)
     try:
         import torch
 

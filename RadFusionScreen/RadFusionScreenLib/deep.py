@@ -255,27 +255,45 @@ class RoiCrop:
     working: _Grid
     source: _Grid  # the caller's image (2D or 3D)
 
-    def to_volume(self, maps: np.ndarray | torch.Tensor) -> sitk.Image:
-        """Per-slice maps (N, S, S) over the network input → float32 image on the caller's grid.
+    def to_volume(self, maps: np.ndarray | torch.Tensor, divide_by: float = 1.0) -> sitk.Image:
+        """Per-slice maps (N, h, w) → float32 image on the caller's grid (values / ``divide_by``).
 
-        Each map is resized back to the crop box (bilinear) and written into its slice;
-        everything outside the box and the chosen slices is 0.
+        Each map is resized to the crop box (bilinear, any map size) and written into its
+        slice; everything outside the box and the chosen slices is 0. Dividing happens on the
+        small boxes, so a normalised map of a large volume costs one volume-sized array.
         """
+        boxes = self._pasted_boxes(maps) / np.float32(divide_by)  # x / max(x) is exactly 1 at the max
+        size = self.working.size
+        volume = np.zeros(size[::-1] if len(size) == 3 else (1, *size[::-1]), dtype=np.float32)
+        inside_r, inside_c = self._inside(volume.shape[1:])
+        for k, box in zip(self.slices, boxes):
+            volume[k, inside_r, inside_c] = box
+        if len(self.source.size) == 2:
+            return self.source.image_from_array(volume[0])
+        return self._on_source_grid(volume)
+
+    def pasted_max(self, maps: np.ndarray | torch.Tensor) -> float:
+        """The largest value :meth:`to_volume` would write (its maximum over the case)."""
+        boxes = self._pasted_boxes(maps)
+        return float(boxes.max()) if boxes.size else 0.0
+
+    def _pasted_boxes(self, maps: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The resized maps, cut to the part of the crop box inside the image."""
         maps = torch.as_tensor(maps, dtype=torch.float32).detach().cpu()
         if maps.ndim != 3 or maps.shape[0] != len(self.slices):
             raise InputError(f"expected maps of shape ({len(self.slices)}, S, S), got {tuple(maps.shape)}")
         boxes = _resize(maps[:, None], self.shape)[:, 0].numpy()
         size = self.working.size
-        volume = np.zeros(size[::-1] if len(size) == 3 else (1, *size[::-1]), dtype=np.float32)
-        rows, cols = volume.shape[1:]
+        rows, cols = size[1], size[0]
+        inside_r, inside_c = self._inside((rows, cols))
+        (r0, c0) = self.start
+        return boxes[:, inside_r.start - r0:inside_r.stop - r0, inside_c.start - c0:inside_c.stop - c0]
+
+    def _inside(self, plane: tuple[int, int]) -> tuple[slice, slice]:
         (r0, c0), (h, w) = self.start, self.shape
-        inside_r, inside_c = slice(max(r0, 0), min(r0 + h, rows)), slice(max(c0, 0), min(c0 + w, cols))
-        box_r = slice(inside_r.start - r0, inside_r.stop - r0)
-        box_c = slice(inside_c.start - c0, inside_c.stop - c0)
-        for k, box in zip(self.slices, boxes):
-            volume[k, inside_r, inside_c] = box[box_r, box_c]
-        if len(self.source.size) == 2:
-            return self.source.image_from_array(volume[0])
+        return slice(max(r0, 0), min(r0 + h, plane[0])), slice(max(c0, 0), min(c0 + w, plane[1]))
+
+    def _on_source_grid(self, volume: np.ndarray) -> sitk.Image:
         image = self.working.image_from_array(volume)
         if self.working != self.source:  # undo the reorientation (a pure permutation/flip)
             reference = self.source.image_from_array(np.zeros(self.source.size[::-1], dtype=np.float32))

@@ -216,13 +216,8 @@ def _cam(activations: torch.Tensor, gradients: torch.Tensor) -> np.ndarray:
 
 def _normalised_volume(crop: RoiCrop, slice_maps: np.ndarray) -> tuple[sitk.Image, float]:
     """The maps pasted into the input's grid, divided by their maximum over the case."""
-    volume = crop.to_volume(slice_maps)
-    raw_max = float(sitk.GetArrayViewFromImage(volume).max())
-    if raw_max > 0:
-        normalised = sitk.Cast(volume / raw_max, sitk.sitkFloat32)
-        normalised.CopyInformation(volume)  # the division keeps the grid; be explicit
-        volume = normalised
-    return volume, raw_max
+    raw_max = crop.pasted_max(slice_maps)
+    return crop.to_volume(slice_maps, divide_by=raw_max if raw_max > 0 else 1.0), raw_max
 
 
 def _layer_name(extractor: DeepFeatureExtractor) -> str:

@@ -31,6 +31,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .errors import InputError
 from .stats import ComBatModel
+from .stats._validation import check_format
 
 FORMAT = "RadFusionScreen.ComBatHarmonizer"
 FORMAT_VERSION = 1
@@ -139,13 +140,7 @@ class ComBatHarmonizer(TransformerMixin, BaseEstimator):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ComBatHarmonizer":
         """Rebuild a fitted harmonizer from :meth:`to_dict` output."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"not ComBat harmonizer parameters: expected format {FORMAT!r}")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise InputError(
-                f"ComBat harmonizer parameters have format version {data.get('format_version')!r}; "
-                f"this engine reads version {FORMAT_VERSION}"
-            )
+        check_format(data, FORMAT, FORMAT_VERSION, "ComBat harmonizer parameters")
         try:
             harmonizer = cls(
                 site_column=str(data["site_column"]),

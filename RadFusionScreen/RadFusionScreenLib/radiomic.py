@@ -153,14 +153,23 @@ class RadiomicExtractor:
         one sequential run (a test checks bit equality); shape features come from the first
         part only. On 2 cores a CT with LoG + wavelet gets ~1.5x: the wavelet bank is one part.
         """
+        from concurrent.futures.process import BrokenProcessPool
+
         parts = split_params(self._inner_params)
-        pool = self._worker_pool(len(parts))
         order = sorted(range(len(parts)), key=lambda i: -_part_cost(parts[i]))  # biggest first
-        futures = {i: pool.submit(_execute_part, json.dumps(parts[i], sort_keys=True), image, mask) for i in order}
-        result: dict[str, Any] = {}
-        for i in range(len(parts)):
-            result.update(futures[i].result())
-        return result
+        try:
+            pool = self._worker_pool(len(parts))
+            futures = {i: pool.submit(_execute_part, json.dumps(parts[i], sort_keys=True), image, mask) for i in order}
+            result: dict[str, Any] = {}
+            for i in range(len(parts)):
+                result.update(futures[i].result())
+            return result
+        except (BrokenProcessPool, RuntimeError, OSError) as exc:
+            # e.g. a script without `if __name__ == "__main__":` (spawned workers re-run it)
+            logging.getLogger(__name__).warning("parallel radiomics unavailable (%s); running in this process", exc)
+            self.close()
+            self.processes = 1
+            return self._inner.execute(image, mask)
 
     def _worker_pool(self, n_parts: int) -> Any:
         if self._pool is None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,8 +127,10 @@ class Screener:
 
     def __init__(self, model: str | os.PathLike | None = None, device: str | None = None,
                  processes: int | None = None) -> None:
-        """``processes``: worker processes for the filtered images' radiomics (default: one per
-        CPU core outside the Slicer application, 1 inside it, where ``sys.executable`` is Slicer)."""
+        """``processes``: worker processes for the filtered images' radiomics of 3D cases.
+        Default 1: spawned workers re-import the caller's main script, which a script without
+        ``if __name__ == "__main__":`` does not survive (nor does the Slicer application).
+        The ``radfusion`` command uses one per CPU core."""
         from .bundle import load_bundle
 
         started = time.perf_counter()
@@ -140,7 +141,7 @@ class Screener:
             raise InputError(f"model bundle {self.path} records no feature extraction settings "
                              "(it was trained on a feature table): it cannot screen images")
         self.modality = str(self.extraction.get("modality", ""))
-        self._radiomic = _radiomic_extractor(self.extraction, _default_processes() if processes is None else processes)
+        self._radiomic = _radiomic_extractor(self.extraction, 1 if processes is None else processes)
         self._deep = _deep_extractor(self.extraction, device)
         self.load_seconds = time.perf_counter() - started
 
@@ -396,11 +397,6 @@ def _optional(predicted: pd.Series, name: str) -> float | None:
 
 def _lap(start: float) -> float:
     return time.perf_counter() - start
-
-
-def _default_processes() -> int:
-    inside_slicer = Path(sys.executable).stem.lower() in ("slicer", "slicerapp-real")
-    return 1 if inside_slicer else max(1, os.cpu_count() or 1)
 
 
 def _radiomic_extractor(extraction: Mapping[str, Any], processes: int) -> Any:

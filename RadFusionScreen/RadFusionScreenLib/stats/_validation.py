@@ -96,3 +96,12 @@ def sorted_labels(keys: set[str] | list[str]) -> list[str]:
         return sorted(unique, key=float)
     except ValueError:
         return unique
+
+
+def check_format(data: Any, expected_format: str, expected_version: Any, what: str) -> None:
+    """A serialised-parameters dict must name our format and a version this engine reads."""
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        raise InputError(f"not {what}: expected format {expected_format!r}")
+    if data.get("format_version") != expected_version:
+        raise InputError(f"{what} have format version {data.get('format_version')!r}; "
+                         f"this engine reads version {expected_version}")

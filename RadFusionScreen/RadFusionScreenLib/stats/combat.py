@@ -30,7 +30,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from ..errors import InputError
-from ._validation import as_float_matrix, label_key, sorted_labels
+from ._validation import as_float_matrix, check_format, label_key, sorted_labels
 
 FORMAT = "RadFusionScreen.ComBat"
 FORMAT_VERSION = 1
@@ -216,13 +216,7 @@ class ComBatModel:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ComBatModel":
         """Rebuild a model from :meth:`to_dict` output, checking that it is complete and consistent."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"not ComBat parameters: expected format {FORMAT!r}")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise InputError(
-                f"ComBat parameters have format version {data.get('format_version')!r}; "
-                f"this engine reads version {FORMAT_VERSION}"
-            )
+        check_format(data, FORMAT, FORMAT_VERSION, "ComBat parameters")
         try:
             batches = data["batches"]
             cov = data["covariate_coefficients"]
