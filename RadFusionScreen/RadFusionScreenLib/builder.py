@@ -22,7 +22,16 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from .errors import InputError
-from .train import CLASSIFIERS, FEATURE_SETS, FeatureColumns, ModelSettings, compare_models, infer_feature_columns, split_cohort
+from .train import (
+    CLASSIFIERS,
+    FEATURE_SETS,
+    FeatureColumns,
+    ModelSettings,
+    best_result,
+    compare_models,
+    infer_feature_columns,
+    split_cohort,
+)
 
 REPEAT_SUFFIX = "__repeat"  # column suffix of the second measurement of a feature (ICC)
 ICC_TYPES = {"A1": "ICC2", "C1": "ICC3"}  # McGraw & Wong name -> psych name
@@ -335,22 +344,17 @@ def _shap_of(comparison: Any, name: str, cases: pd.DataFrame) -> Any:
 
 
 def shipped_model_name(comparison: Any) -> str:
-    """The model a bundle serves: the best fused model, else the best model that is not the nomogram."""
-    fused = best_model_of_set(comparison, "fused")
-    if fused is not None:
-        return fused
-    others = [r for r in comparison.results.values() if r.feature_set != "nomogram" and not r.name.endswith("/lasso-lr")]
-    if not others:
+    """The model a bundle serves: the best fused model, else the best model that is not the nomogram.
+
+    ``<set>/lasso-lr`` results only make the rad/deep scores; they are never candidates
+    (the bundle writer skips them too).
+    """
+    candidates = [r for r in comparison.results.values() if not r.name.endswith("/lasso-lr")]
+    fused = best_result(r for r in candidates if r.feature_set == "fused")
+    shipped = fused or best_result(r for r in candidates if r.feature_set != "nomogram")
+    if shipped is None:
         raise InputError("no model to ship: only the nomogram was built")
-    return max(others, key=lambda r: (r.cv_auc_mean == r.cv_auc_mean, r.cv_auc_mean)).name
-
-
-def best_model_of_set(comparison: Any, feature_set: str) -> str | None:
-    """Name of the best model (by nested-CV AUC) of one feature set, or None."""
-    candidates = [r for r in comparison.results.values() if r.feature_set == feature_set]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda r: (r.cv_auc_mean == r.cv_auc_mean, r.cv_auc_mean)).name
+    return shipped.name
 
 
 def parse_list(text: str | None, allowed: Sequence[str] | None = None, what: str = "value") -> tuple[str, ...]:

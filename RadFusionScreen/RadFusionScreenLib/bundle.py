@@ -911,6 +911,8 @@ def write_bundle(
 
 
 def _primary_result(comparison: Any, feature_set: str, classifier: str | None) -> Any:
+    from .train import best_result  # training-side only: loading a bundle never imports scikit-learn
+
     candidates = {k: r for k, r in comparison.results.items()
                   if r.feature_set == feature_set and not k.endswith("/lasso-lr")}
     if classifier is not None:
@@ -919,7 +921,7 @@ def _primary_result(comparison: Any, feature_set: str, classifier: str | None) -
         raise BundleError(f"the comparison has no {feature_set!r} model"
                           + (f" with classifier {classifier!r}" if classifier else "")
                           + f"; it has: {sorted(comparison.results)}")
-    return max(candidates.values(), key=lambda r: np.nan_to_num(r.cv_auc_mean, nan=-np.inf))
+    return best_result(candidates.values())
 
 
 def _score_results(comparison: Any) -> dict[str, Any]:

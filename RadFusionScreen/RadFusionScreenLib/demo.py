@@ -106,7 +106,9 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
 
 def html_page(description: str, result: Any, overlay: bytes) -> str:
     """A small self-contained HTML report of one screened case."""
-    rows = "".join(f"<tr><td>{html.escape(str(r.predictor))}</td><td>{html.escape(_value(r.value))}</td>"
+    from .screening import format_value
+
+    rows = "".join(f"<tr><td>{html.escape(str(r.predictor))}</td><td>{html.escape(format_value(r.value))}</td>"
                    f"<td>{r.points:.1f}</td></tr>" for r in result.nomogram.itertuples())
     total = ("" if result.nomogram_total_points is None else
              f"<tr><th>total</th><td></td><td>{result.nomogram_total_points:.1f}</td></tr>"
@@ -126,7 +128,3 @@ def html_page(description: str, result: Any, overlay: bytes) -> str:
 <h2>Warnings</h2><ul>{warnings}</ul>
 <p><em>Research use only. Not for clinical use without local validation.</em></p></body></html>
 """
-
-
-def _value(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (float, np.floating)) else str(value)

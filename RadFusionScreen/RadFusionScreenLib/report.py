@@ -42,7 +42,7 @@ from .stats import (
     hosmer_lemeshow_test,
     pretty,
 )
-from .train import ModelComparison, ModelResult
+from .train import ModelComparison, ModelResult, best_result
 
 FORMAT = "RadFusionScreen.ComparisonSummary"
 FORMAT_VERSION = 1
@@ -188,8 +188,8 @@ def _model_summary(result: ModelResult) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- comparisons
 def _best_of_set(comparison: ModelComparison, feature_set: str) -> str | None:
-    names = [n for n, r in comparison.results.items() if r.feature_set == feature_set]
-    return max(names, key=lambda n: np.nan_to_num(comparison.results[n].cv_auc_mean, nan=-np.inf), default=None)
+    best = best_result(r for r in comparison.results.values() if r.feature_set == feature_set)
+    return None if best is None else best.name
 
 
 def _delong_pairs(comparison: ModelComparison) -> list[tuple[str, str, str]]:

@@ -103,7 +103,7 @@ class ScreenResult:
         if self.nomogram_total_points is not None:
             lines.append("nomogram   predictor          value     points")
             for row in self.nomogram.itertuples():
-                lines.append(f"           {row.predictor:<18} {_fmt(row.value):>8} {row.points:8.1f}")
+                lines.append(f"           {row.predictor:<18} {format_value(row.value):>8} {row.points:8.1f}")
             lines.append(f"           total points {self.nomogram_total_points:.1f} -> "
                          f"probability {self.nomogram_probability:.3f}")
         lines.append("timings    " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
@@ -117,7 +117,8 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
             for row in frame.to_dict(orient="records")]
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A table cell: numbers to 3 decimals, anything else as text."""
     return f"{value:.3f}" if isinstance(value, (int, float, np.floating)) else str(value)
 
 

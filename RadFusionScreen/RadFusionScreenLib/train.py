@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -708,11 +708,16 @@ def compare_models(
         scores_train, scores_test, fitted_nomogram, score_models = _add_nomogram(context, columns, results, notes, log)
     if not results:
         raise InputError("no model could be built: every requested feature set is empty")
-    best = max(results, key=lambda name: np.nan_to_num(results[name].cv_auc_mean, nan=-np.inf))
+    best = best_result(results.values()).name
     categorical = {c: _levels(train[c]) for c in columns.clinical if c in context.categorical_columns}
     return ModelComparison(results, best, context.y_train, context.y_test, scores_train, scores_test,
                            fitted_nomogram, settings, notes, score_models,
                            _clinical_fill_values(train, list(columns.clinical), categorical))
+
+
+def best_result(results: Iterable[ModelResult]) -> ModelResult | None:
+    """The result with the highest nested-CV AUC (NaN ranks last); None when there is none."""
+    return max(results, key=lambda r: np.nan_to_num(r.cv_auc_mean, nan=-np.inf), default=None)
 
 
 @dataclass(frozen=True)
