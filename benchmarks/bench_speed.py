@@ -1,6 +1,6 @@
 """Speed and scale benchmark: one command, a printed table, benchmarks/results/speed.json.
 
-Run:  .venv/bin/python benchmarks/bench_speed.py [--repeats 5] [--cohort 100] [--skip-large]
+Run:  .venv/bin/python benchmarks/bench_speed.py [--repeats 5] [--cohort 100 [484]] [--skip-large]
 
 Every timing is a median of ``repeats`` runs (with min and max), measured side by side in one
 run so that ratios compare like with like. Cases:
@@ -14,15 +14,19 @@ The CT cases are screened with a CT model bundle trained here on generated CT ph
 
 Figures: interactive screening, warm (model loaded once, as in Slicer): per-stage times and
 the ratio *whole screen / plain pyradiomics* (``RadiomicsFeatureExtractor.execute`` on the
-uncropped volume with the bundle's params); cold start (fresh process to first result) and
-``radfusion --help``; peak RSS of screening each case in a fresh process; cohort extraction
-of ``--cohort`` BUSI cases with 1 and 2 worker processes (cases/minute, scaling ratio, peak
-RSS of a worker). GPU: measured only where CUDA is present (``--device cuda``).
+uncropped volume with the bundle's params, pyradiomics as installed), with radiomics in worker
+processes (`radfusion screen`) and, for 3D cases, in one process (the Slicer Logic and the
+Python API); cold start (fresh process to first result: the API in one process, and the
+`radfusion screen` CLI that the Slicer module's Analyze button starts) and ``radfusion
+--help``; peak RSS of screening each case in a fresh process; cohort extraction of
+``--cohort`` BUSI cases with 1 and 2 worker processes (cases/minute, scaling ratio, peak RSS
+of a worker). GPU: measured only where CUDA is present (``--device cuda``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,14 +98,18 @@ def large_ct() -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------------- screening
-def warm_screen(image: Path, mask: Path, model: str, repeats: int, device: str | None) -> dict:
+def warm_screen(image: Path, mask: Path, model: str, repeats: int, device: str | None,
+                processes: int | None = None) -> dict:
+    """Stage timings of a loaded Screener and, side by side, plain pyradiomics. ``processes``:
+    radiomics worker processes; the default, every core, is what `radfusion screen` (and so the
+    Slicer module's Analyze button) uses; 1 is the in-process Slicer Logic / Python console."""
     import yaml
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
     from RadFusionScreenLib.io import read_image, read_mask
     from RadFusionScreenLib.screening import Screener
 
-    screener = Screener(model, device, processes=os.cpu_count())  # as `radfusion screen` does
+    screener = Screener(model, device, processes=processes or os.cpu_count())
     reference = RadiomicsFeatureExtractor(yaml.safe_load(screener.extraction["params_yaml"]))
     volume = read_image(image)
     roi = read_mask(mask, reference=volume)
@@ -110,15 +119,33 @@ def warm_screen(image: Path, mask: Path, model: str, repeats: int, device: str |
         result = screener.screen(str(image), str(mask))
         for stage in STAGES:
             stages[stage].append(result.timings[stage])
-        start = time.perf_counter()
-        reference.execute(volume, roi)
-        plain.append(time.perf_counter() - start)
+        with warnings.catch_warnings(), pyradiomics_as_shipped():
+            # plain pyradiomics on a uint8 picture overflows its bin edges (numpy 2 wraps 255 +
+            # binWidth); timed as users run it, its warnings are not this benchmark's output
+            warnings.simplefilter("ignore", RuntimeWarning)
+            start = time.perf_counter()
+            reference.execute(volume, roi)
+            plain.append(time.perf_counter() - start)
     out = {stage: figures(values) for stage, values in stages.items()}
     out["plain_pyradiomics_uncropped"] = figures(plain)
     out["ratio_screen_to_plain_pyradiomics"] = out["total"]["median_s"] / out["plain_pyradiomics_uncropped"]["median_s"]
     out["roi_voxels"] = int(roi_count(roi))
     out["size"] = list(volume.GetSize())
     return out
+
+
+@contextlib.contextmanager
+def pyradiomics_as_shipped():
+    """The reference is pyradiomics as installed: without the bin-edge shortcut that
+    RadFusionScreenLib puts in front of its getBinEdges (same edges, no Python loop)."""
+    from radiomics import imageoperations
+
+    fast = imageoperations.getBinEdges
+    imageoperations.getBinEdges = getattr(fast, "__wrapped__", fast)
+    try:
+        yield
+    finally:
+        imageoperations.getBinEdges = fast
 
 
 def roi_count(mask) -> int:
@@ -128,16 +155,26 @@ def roi_count(mask) -> int:
     return int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
 
 
-# Own peak from /proc VmHWM: ru_maxrss survives exec, so a child forked from this (large)
-# benchmark process would report the parent's size. Workers of the child: its RUSAGE_CHILDREN.
-PEAKS = ("; import resource as r, re; hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()); "
-         "print(int(hwm.group(1)) / 1024, r.getrusage(r.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+# Peaks from /proc VmHWM (ru_maxrss survives exec, so a child forked from this large benchmark
+# process would report the parent's size). Worker processes: VmHWM of those still alive (idle
+# pool workers), RUSAGE_CHILDREN of those already reaped (active_children() reaps the exited).
+PEAKS = """
+import multiprocessing as _mp, re as _re, resource as _r
+def _hwm(pid):
+    try:
+        return int(_re.search(r'VmHWM:\\s+(\\d+)', open(f'/proc/{pid}/status').read()).group(1)) / 1024
+    except (OSError, AttributeError):  # gone, or a zombie (reaped below)
+        return 0.0
+_live = max([_hwm(p.pid) for p in _mp.active_children()], default=0.0)
+_mp.active_children()
+print(_hwm('self'), max(_live, _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss / 1024))
+"""
 
 
 def child(code: str) -> tuple[float, tuple[float, float], str]:
     """Wall seconds, (own peak RSS, largest child's peak RSS) in MB, and stdout of a fresh process."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code + PEAKS], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code + "\n" + PEAKS], capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
     lines = done.stdout.strip().splitlines()
     own, children = (float(v) for v in lines[-1].split())
@@ -145,10 +182,18 @@ def child(code: str) -> tuple[float, tuple[float, float], str]:
 
 
 def cold_screen(image: Path, mask: Path, model: str) -> dict:
+    """Fresh process to first result, two ways: the Python API in one process (the Slicer Logic
+    and console), and the `radfusion screen` CLI with its radiomics workers (what the Slicer
+    module's Analyze button starts for every click)."""
     code = ("from RadFusionScreenLib import screen; "
             f"r = screen({str(image)!r}, {str(mask)!r}, model={model!r}); print(r.probability)")
     wall, (peak, _), _ = child(code)
-    return {"fresh_process_to_first_result_s": wall, "peak_rss_mb": peak}
+    cli = ("import sys; from RadFusionScreenLib.cli import main; "
+           f"code = main(['screen', {str(image)!r}, {str(mask)!r}, '--model', {model!r}, '--json'])")
+    cli_wall, (cli_peak, cli_worker_peak), _ = child(cli)
+    return {"fresh_process_to_first_result_s": wall, "peak_rss_mb": peak,
+            "cli_fresh_process_to_first_result_s": cli_wall, "cli_peak_rss_mb": cli_peak,
+            "cli_worker_peak_rss_mb": cli_worker_peak}
 
 
 def help_time() -> float:
@@ -184,7 +229,8 @@ def cohort_scaling(n_cases: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cohort", type=int, default=100, help="BUSI cases for the worker-scaling figure (0: skip)")
+    parser.add_argument("--cohort", type=int, nargs="+", default=[100],
+                        help="BUSI cohort size(s) for the worker-scaling figure (0: skip)")
     parser.add_argument("--skip-large", action="store_true", help="leave out the 512 x 512 x 300 CT")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: auto)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "speed.json"))
@@ -198,13 +244,14 @@ def main() -> None:
     for name, (image, mask, model) in cases(args.skip_large).items():
         results["cases"][name] = {"warm": warm_screen(image, mask, model, args.repeats, args.device),
                                   "cold": cold_screen(image, mask, model)}
+        if results["cases"][name]["warm"]["size"][2] > 1:  # one-slice pictures always run in-process
+            results["cases"][name]["warm_in_process"] = warm_screen(image, mask, model, args.repeats, args.device, 1)
         print_case(name, results["cases"][name])
-    if args.cohort and BUSI.is_dir():
-        results["cohort_extraction"] = cohort_scaling(args.cohort)
-        c = results["cohort_extraction"]
-        print(f"cohort extraction, {args.cohort} BUSI cases: 1 worker {c['workers_1']['cases_per_minute']:.0f} "
+    for n_cases in (n for n in args.cohort if n > 0 and BUSI.is_dir()):
+        c = results.setdefault("cohort_extraction", {})[f"{n_cases}_cases"] = cohort_scaling(n_cases)
+        print(f"cohort extraction, {n_cases} BUSI cases: 1 worker {c['workers_1']['cases_per_minute']:.0f} "
               f"cases/min, 2 workers {c['workers_2']['cases_per_minute']:.0f} cases/min, "
-              f"scaling {c['scaling_2_vs_1']:.2f}x")
+              f"scaling {c['scaling_2_vs_1']:.2f}x; peak RSS per worker {c['workers_2']['peak_rss_mb_per_worker']:.0f} MB")
     print(f"radfusion --help: {results['radfusion_help_s']:.2f} s; GPU: {results['gpu']}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
@@ -219,8 +266,16 @@ def print_case(name: str, figures_: dict) -> None:
         f = warm[stage]
         print(f"  {stage:<28} {f['median_s']:8.3f} s ({f['min_s']:.3f}-{f['max_s']:.3f})")
     print(f"  whole screen / plain pyradiomics: {warm['ratio_screen_to_plain_pyradiomics']:.2f}")
+    if "warm_in_process" in figures_:
+        one = figures_["warm_in_process"]
+        print(f"  in one process (Slicer Logic, Python API): radiomics {one['radiomics']['median_s']:.3f} s, "
+              f"total {one['total']['median_s']:.3f} s ({one['total']['min_s']:.3f}-{one['total']['max_s']:.3f}), "
+              f"plain pyradiomics {one['plain_pyradiomics_uncropped']['median_s']:.3f} s, "
+              f"ratio {one['ratio_screen_to_plain_pyradiomics']:.2f}")
     cold = figures_["cold"]
-    print(f"  cold start {cold['fresh_process_to_first_result_s']:.2f} s, peak RSS {cold['peak_rss_mb']:.0f} MB")
+    print(f"  cold start: API in one process {cold['fresh_process_to_first_result_s']:.2f} s, peak RSS "
+          f"{cold['peak_rss_mb']:.0f} MB; `radfusion screen` {cold['cli_fresh_process_to_first_result_s']:.2f} s, "
+          f"peak RSS {cold['cli_peak_rss_mb']:.0f} MB + worker {cold['cli_worker_peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ Features come back by pyradiomics name (``original_firstorder_Mean``), diagnosti
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ _IIR_INTERPOLATOR_MARGIN = 48
 # Image types that rescale by a whole-image statistic (max |x|): no crop can reproduce them.
 _GLOBAL_IMAGE_TYPES = {"Square", "SquareRoot", "Logarithm", "Exponential"}
 
-_LOGGERS_SILENCED = False
+_PYRADIOMICS_PREPARED = False
 
 
 def default_params_path(modality: str) -> Path:
@@ -77,7 +78,7 @@ class RadiomicExtractor:
     def __init__(self, params: str | Path | Mapping[str, Any], processes: int = 1) -> None:
         """``processes`` > 1 computes the filtered images' features in that many worker
         processes (see :meth:`execute`); 1 (default) runs everything in this process."""
-        _silence_pyradiomics()
+        _prepare_pyradiomics()
         self.processes = max(1, int(processes))
         self._pool: Any = None
         from radiomics import __version__ as radiomics_version
@@ -271,7 +272,7 @@ _PART_EXTRACTORS: dict[str, Any] = {}
 def _execute_part(params_json: str, image: sitk.Image, mask: sitk.Image) -> dict[str, Any]:
     """Worker side: one part's extractor (built once per process), then its features."""
     if params_json not in _PART_EXTRACTORS:
-        _silence_pyradiomics()
+        _prepare_pyradiomics()
         from radiomics.featureextractor import RadiomicsFeatureExtractor
 
         _PART_EXTRACTORS[params_json] = RadiomicsFeatureExtractor(json.loads(params_json))
@@ -484,14 +485,40 @@ def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _silence_pyradiomics() -> None:
-    """pyradiomics logs INFO/WARNING chatter to stderr for every case; keep only errors."""
-    global _LOGGERS_SILENCED
-    if _LOGGERS_SILENCED:
+def _prepare_pyradiomics() -> None:
+    """Once per process: pyradiomics' per-case INFO/WARNING chatter off (errors stay), and its
+    fixed-bin-width edges computed without a Python loop over the ROI (see _fast_bin_edges)."""
+    global _PYRADIOMICS_PREPARED
+    if _PYRADIOMICS_PREPARED:
         return
     import radiomics
+    from radiomics import imageoperations
 
     radiomics.setVerbosity(logging.ERROR)
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     logging.getLogger("pykwalify").setLevel(logging.CRITICAL)
-    _LOGGERS_SILENCED = True
+    if not hasattr(imageoperations.getBinEdges, "__wrapped__"):
+        imageoperations.getBinEdges = _fast_bin_edges(imageoperations.getBinEdges)
+    _PYRADIOMICS_PREPARED = True
+
+
+def _fast_bin_edges(get_bin_edges: Callable[..., Any]) -> Callable[..., Any]:
+    """pyradiomics' ``getBinEdges``, fed only the ROI's minimum and maximum when binning by width.
+
+    With ``binWidth`` the edges depend on nothing else, but pyradiomics takes them with Python's
+    built-in ``min``/``max``, one array element at a time: ~15 ms per call on a 400k-voxel ROI,
+    called once per feature class and filtered image (72 calls, 2.2 s of the CT params' 14 s on
+    STS_001). The original runs on a 2-value array of the same dtype, so the edges are its own
+    (tested against it). Bin counts, tiny or NaN inputs go to it unchanged.
+    """
+
+    @functools.wraps(get_bin_edges)
+    def bin_edges(parameterValues: Any, **kwargs: Any) -> Any:  # noqa: N803 (pyradiomics' name)
+        values = np.asarray(parameterValues)
+        if kwargs.get("binCount") is None and values.ndim == 1 and values.size > 2:
+            low, high = values.min(), values.max()
+            if values.dtype.kind in "iu" or not (np.isnan(low) or np.isnan(high)):
+                values = np.array([low, high], dtype=values.dtype)
+        return get_bin_edges(values, **kwargs)
+
+    return bin_edges

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
 
 from RadFusionScreenLib import features as features_module
-from RadFusionScreenLib.cohort import extract_cohort, read_manifest
+from RadFusionScreenLib.cohort import THREAD_ENV_VARS, _worker_thread_env, extract_cohort, read_manifest
 from RadFusionScreenLib.errors import InputError
 from RadFusionScreenLib.features import ExtractionConfig
 from synthetic import lesion_case
@@ -93,6 +97,30 @@ def test_two_workers_give_the_same_table(cohort, tmp_path):
     one = extract_cohort(cohort, tmp_path / "one.csv", RADIOMIC_ONLY, workers=1, cache_dir=None, progress=False)
     two = extract_cohort(cohort, tmp_path / "two.csv", RADIOMIC_ONLY, workers=2, cache_dir=None, progress=False)
     pd.testing.assert_frame_equal(one, two)
+
+
+def _thread_pools() -> tuple[int, int]:
+    """Run in a spawned worker: the BLAS pool size numpy got at load, and ITK's default."""
+    import SimpleITK
+    import threadpoolctl
+
+    blas = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    return max(blas), SimpleITK.ProcessObject.GetGlobalDefaultNumberOfThreads()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to tell 1 thread from the default")
+def test_spawned_workers_start_with_their_share_of_threads(monkeypatch):
+    """OpenBLAS and ITK size their pools when they load, before a worker's initializer could: the
+    limits must be in the worker's environment from its start, and the caller's environment restored."""
+    for name in THREAD_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        with _worker_thread_env(1):
+            future = pool.submit(_thread_pools)
+        assert future.result(timeout=120) == (1, 1)
+    assert os.environ["MKL_NUM_THREADS"] == "7"
+    assert "OMP_NUM_THREADS" not in os.environ and "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS" not in os.environ
 
 
 def test_manifest_validation(tmp_path):

@@ -304,3 +304,63 @@ def test_parallel_parts_equal_one_sequential_run():
     assert list(parallel) == list(sequential)  # same names, same order
     assert parallel == sequential
     assert sum(name.startswith("original_shape_") for name in parallel) > 0
+
+
+# --- pyradiomics' bin edges from the ROI's minimum and maximum only -------------------------
+
+def _original_bin_edges():
+    from radiomics import imageoperations
+
+    RadiomicExtractor(FILTERED)  # installs the wrapper (once per process)
+    wrapped = imageoperations.getBinEdges
+    assert not hasattr(wrapped.__wrapped__, "__wrapped__"), "wrapped twice"
+    return wrapped, wrapped.__wrapped__
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.uint16, np.int32, np.float32, np.float64])
+def test_fast_bin_edges_equal_pyradiomics_own(dtype):
+    fast, original = _original_bin_edges()
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    for trial in range(150):
+        # realistic ranges (pyradiomics' arange of edges would not fit memory for all of int32's)
+        low = max(int(info.min), -3000) if info else -2000.0
+        high = min(int(info.max), 5000) if info else 3000.0
+        size = int(rng.integers(1, 400))
+        if info:
+            values = rng.integers(low, high, size=size, endpoint=True).astype(dtype)
+            values = values // rng.integers(1, 50) if trial % 3 == 0 else values  # narrow ranges too
+        else:
+            values = (rng.uniform(low, high, size=size) / rng.choice([1, 7, 1000])).astype(dtype)
+        if trial % 10 == 0:
+            values[:] = values[0]  # flat region: pyradiomics' one-bin special case
+        width = float(rng.choice([1, 5, 25, 0.1, 2.5])) if info is None else int(rng.choice([1, 5, 25, 64]))
+        with np.errstate(over="ignore"):  # pyradiomics' own uint8 wrap-around, identical in both
+            expected, got = original(values, binWidth=width), fast(values, binWidth=width)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+        assert np.asarray(got).dtype == np.asarray(expected).dtype
+
+
+def test_fast_bin_edges_pass_bin_count_and_nan_through():
+    fast, original = _original_bin_edges()
+    values = np.random.default_rng(1).normal(size=500)
+    np.testing.assert_array_equal(fast(values, binCount=16), original(values, binCount=16))
+    values[17] = np.nan  # pyradiomics' own behaviour for NaN, whatever it is, is kept
+    expected = original(values, binWidth=0.5)
+    np.testing.assert_array_equal(fast(values, binWidth=0.5), expected)
+
+
+def test_plain_pyradiomics_unchanged_by_the_fast_bin_edges(monkeypatch):
+    """Shipped CT params, plain pyradiomics with its own getBinEdges vs with the wrapper: bit-identical."""
+    from radiomics import imageoperations
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    fast, original = _original_bin_edges()
+    image, mask = ct_like()
+    extractor = RadiomicsFeatureExtractor(str(default_params_path("CT")))
+    with_fast = extractor.execute(image, mask)
+    monkeypatch.setattr(imageoperations, "getBinEdges", original)
+    with_original = extractor.execute(image, mask)
+    features = [name for name in with_original if not name.startswith("diagnostics_")]
+    assert len(features) > 1000
+    assert all(np.array_equal(with_fast[n], with_original[n], equal_nan=True) for n in features)
