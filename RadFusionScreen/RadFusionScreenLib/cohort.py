@@ -128,25 +128,6 @@ class FeatureCache:
 _WORKER_EXTRACTORS: dict[str, CaseFeatureExtractor] = {}
 
 
-def _init_worker(config: dict[str, Any], threads: int) -> None:
-    """Runs once per local worker process: thread budget, then the extractor.
-
-    Each worker gets its share of the cores for torch, OpenMP and ITK alike: ITK's default is
-    every core per filter, so two workers would otherwise run four threads on two cores. The
-    BLAS/OpenMP pools are sized earlier, by ``_worker_thread_env``: numpy is loaded by now.
-    """
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:  # deep features disabled and torch absent
-        pass
-    _worker_extractor(config)
-
-
 def _worker_extractor(config: dict[str, Any]) -> CaseFeatureExtractor:
     key = json.dumps(config, sort_keys=True, default=str)
     if key not in _WORKER_EXTRACTORS:
@@ -244,8 +225,8 @@ def _run(
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(config, threads_per_worker),
+        initializer=_worker_extractor,  # the CNN is loaded once per worker, before its first case
+        initargs=(config,),
     )
     try:
         with _worker_thread_env(threads_per_worker):  # the pool spawns its workers on these submits
@@ -261,9 +242,10 @@ def _run(
 def _worker_thread_env(threads: int) -> Iterator[None]:
     """Thread-count variables for the worker processes spawned inside this block.
 
-    They must be in a worker's environment from its start: unpickling its first call already
-    loads numpy, whose OpenBLAS then sizes its pool to every core and spins between calls.
-    With two workers on two cores that cost ~20 % of throughput (measured on BUSI).
+    Each worker gets its share of the cores for OpenBLAS, torch (OpenMP) and ITK alike, and it
+    must have it from its start: unpickling its first call already loads numpy, whose OpenBLAS
+    then sizes its pool to every core and spins between calls (two workers on two cores lost
+    ~20 % of throughput, measured on BUSI); ITK's default is every core per filter.
     """
     saved = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
     os.environ.update({name: str(threads) for name in THREAD_ENV_VARS})

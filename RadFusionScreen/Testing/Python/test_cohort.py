@@ -99,26 +99,27 @@ def test_two_workers_give_the_same_table(cohort, tmp_path):
     pd.testing.assert_frame_equal(one, two)
 
 
-def _thread_pools() -> tuple[int, int]:
-    """Run in a spawned worker: the BLAS pool size numpy got at load, and ITK's default."""
+def _thread_pools() -> tuple[int, int, int]:
+    """Run in a spawned worker: the BLAS pool size numpy got at load, ITK's and torch's defaults."""
     import SimpleITK
     import threadpoolctl
+    import torch
 
     blas = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
-    return max(blas), SimpleITK.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    return max(blas), SimpleITK.ProcessObject.GetGlobalDefaultNumberOfThreads(), torch.get_num_threads()
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to tell 1 thread from the default")
 def test_spawned_workers_start_with_their_share_of_threads(monkeypatch):
-    """OpenBLAS and ITK size their pools when they load, before a worker's initializer could: the
-    limits must be in the worker's environment from its start, and the caller's environment restored."""
+    """OpenBLAS, ITK and torch size their pools when they load, before any code of ours in the worker
+    could: the limits must be in the worker's environment from its start, the caller's restored."""
     for name in THREAD_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "7")
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         with _worker_thread_env(1):
             future = pool.submit(_thread_pools)
-        assert future.result(timeout=120) == (1, 1)
+        assert future.result(timeout=120) == (1, 1, 1)
     assert os.environ["MKL_NUM_THREADS"] == "7"
     assert "OMP_NUM_THREADS" not in os.environ and "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS" not in os.environ
 
