@@ -956,7 +956,9 @@ def _nomogram_entry(comparison: Any) -> dict[str, Any] | None:
     nomogram = comparison.nomogram
     if nomogram is None:
         return None
-    result = comparison.results.get("nomogram/logistic")
+    from .train import NOMOGRAM_RESULT
+
+    result = comparison.results.get(NOMOGRAM_RESULT)
     fill = dict(getattr(comparison, "clinical_fill", None) or {})
     for term in nomogram.to_dict()["terms"]:  # the reference (most frequent) level fills a categorical gap
         if term["categorical"] and term["name"] not in fill:

@@ -86,6 +86,10 @@ def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any]) -> l
                      f"{_num(m.get('test_auc'))} ({_ci(m.get('test_auc_ci'))}) | {_ci(m.get('test_auc_ci_bootstrap'))} | "
                      f"{_proportion(m.get('sensitivity'))} | {_proportion(m.get('specificity'))} |")
     lines += ["", f"Best model overall by CV AUC: {metrics.get('best_model')}.", ""]
+    remarks = [f"- {name}: {remark}" for name, m in models.items() for remark in m.get("remarks") or []]
+    remarks += [f"- {name}: not built: {why}" for name, why in (metrics.get("failed_models") or {}).items()]
+    if remarks:
+        lines += ["Fitting remarks (fallbacks used, models that could not be built):", "", *remarks, ""]
     for test in metrics.get("delong") or []:
         if test.get("comparison", "").startswith("fused vs"):
             lines.append(f"- DeLong, {test['comparison']}: {test['model']} vs {test['reference']}, "
@@ -105,9 +109,11 @@ def _calibration_section(manifest: Mapping[str, Any], primary: Mapping[str, Any]
     p = np.array([float(recorded[c]) for c in cases])
     hl = hosmer_lemeshow_test(y, p)
     fit = calibration_intercept_slope(y, p, clip=1e-6)
+    slope_note = ("; Firth's estimate: the predictions separate the test set perfectly, so the maximum-likelihood "
+                  "slope is infinite" if fit.slope_method == "firth" else "")
     return ["## Calibration (shipped model, internal test set)", "",
             f"- Hosmer-Lemeshow (10 groups): statistic {hl.statistic:.2f}, df {hl.df}, p = {hl.p_value:.3f}",
-            f"- calibration-in-the-large {fit.intercept:.3f} (ideal 0), slope {fit.slope:.3f} (ideal 1)",
+            f"- calibration-in-the-large {fit.intercept:.3f} (ideal 0), slope {fit.slope:.3f} (ideal 1){slope_note}",
             f"- mean predicted {p.mean():.3f} vs observed {y.mean():.3f} ({len(y)} cases)", ""] + (
         ["**The probabilities are miscalibrated** (Hosmer-Lemeshow p < 0.05): read them as a ranking "
          "against the decision threshold, and recalibrate on local data before quoting them as risks.", ""]

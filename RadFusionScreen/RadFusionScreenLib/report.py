@@ -42,13 +42,13 @@ from .stats import (
     hosmer_lemeshow_test,
     pretty,
 )
+from .train import NOMOGRAM_RESULT as NOMOGRAM_MODEL
 from .train import ModelComparison, ModelResult, best_result
 
 FORMAT = "RadFusionScreen.ComparisonSummary"
 FORMAT_VERSION = 1
 TEST_SET = "test set"
 TRAINING_OOF = "training set, out-of-fold (no test set)"
-NOMOGRAM_MODEL = "nomogram/logistic"
 RESEARCH_USE = ("Research use only: these models are not for clinical use without local validation "
                 "on the population, scanners and protocols where they would be used.")
 CALIBRATION_CLIP = 1e-6  # for probabilities of exactly 0 or 1 (e.g. random forests)
@@ -118,6 +118,7 @@ def comparison_summary(comparison: ModelComparison, *, cohort: Mapping[str, Any]
         "calibration": {name: _calibration(evaluation, name) for name in _curve_models(comparison)},
         "decision_curve": _decision_curves(comparison, evaluation),
         "notes": [str(note) for note in comparison.notes],
+        "failed_models": dict(comparison.failed),
         "packages": package_versions(),
     }
     return json_safe(summary)
@@ -168,6 +169,7 @@ def _model_summary(result: ModelResult) -> dict[str, Any]:
         "selected_features": list(result.selected_features),
         "best_params": dict(result.best_params),
         "seconds": result.seconds,
+        "remarks": list(result.remarks),
         "test_auc": None, "test_auc_ci": None, "test_auc_ci_bootstrap": None, "bootstrap": None,
     }
     if result.test_auc_delong is not None:
@@ -177,6 +179,8 @@ def _model_summary(result: ModelResult) -> dict[str, Any]:
         if boot is not None:
             summary.update(test_auc_ci_bootstrap=[boot.ci_lower, boot.ci_upper],
                            bootstrap={"n_boot": boot.n_boot, "seed": boot.seed})
+    if isinstance(result.model, Nomogram):
+        summary["fit_method"] = result.model.fit_method
     metrics = result.test_metrics
     for metric in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
         summary[metric] = None if metrics is None else dataclasses.asdict(getattr(metrics, metric))
@@ -243,7 +247,8 @@ def _calibration(evaluation: _Evaluation, name: str) -> dict[str, Any]:
         entry.update(hosmer_lemeshow=None, hosmer_lemeshow_error=str(exc))
     try:
         fit = calibration_intercept_slope(y, p, clip=clip)
-        entry.update(intercept=fit.intercept, slope=fit.slope, intercept_se=fit.intercept_se, slope_se=fit.slope_se)
+        entry.update(intercept=fit.intercept, slope=fit.slope, intercept_se=fit.intercept_se, slope_se=fit.slope_se,
+                     slope_method=fit.slope_method)
     except InputError as exc:
         entry.update(intercept=None, slope=None, intercept_slope_error=str(exc))
     return entry
@@ -461,7 +466,8 @@ def _models_section(summary: Mapping[str, Any], selected: str) -> str:
     rows, classes = [], []
     for name in _ranked_models(summary):
         m = models[name]
-        label = name + (" (best)" if name == best else "") + (" (selected)" if name == selected else "")
+        label = (name + (" (best)" if name == best else "") + (" (selected)" if name == selected else "")
+                 + (" (Firth fit)" if m.get("fit_method") == "firth" else ""))
         rows.append((label, f"{_num(m.get('cv_auc'))} ± {_num(m.get('cv_auc_sd'))}", _num(m.get("cv_auc_pooled")),
                      _num(m.get("test_auc")), _interval(m.get("test_auc_ci")),
                      _interval(m.get("test_auc_ci_bootstrap")),
@@ -471,7 +477,16 @@ def _models_section(summary: Mapping[str, Any], selected: str) -> str:
     note = _paragraph("Models ranked by mean outer-fold cross-validated AUC (nested CV on the training set). "
                       "The threshold is Youden's on training out-of-fold probabilities and is applied unchanged "
                       "to the test set; metrics show the estimate (95% Wilson interval; count).", "small")
-    return _section("models", "Model comparison", note, _table(headers, rows, classes))
+    return _section("models", "Model comparison", note, _table(headers, rows, classes), _remarks(summary))
+
+
+def _remarks(summary: Mapping[str, Any]) -> str:
+    """Per-model fallbacks (e.g. Firth's fit under separation) and models that could not be built."""
+    items = [f"{name}: {remark}" for name, m in summary.get("models", {}).items() for remark in m.get("remarks") or []]
+    items += [f"{name}: not built: {why}" for name, why in (summary.get("failed_models") or {}).items()]
+    if not items:
+        return ""
+    return _paragraph("Remarks: " + "; ".join(items), "small warning")
 
 
 def _roc_models(comparison: ModelComparison, selected: str) -> list[str]:
@@ -543,7 +558,8 @@ def _calibration_section(summary: Mapping[str, Any]) -> str:
         rows.append((name, entry.get("set"), entry.get("n"), _num(hl.get("statistic"), 2), hl.get("df", "—"),
                      _p(hl.get("p_value")), _num(entry.get("intercept")), _num(entry.get("slope")),
                      "—" if entry.get("clip") is None else f"{entry['clip']:g}",
-                     entry.get("hosmer_lemeshow_error", "") or entry.get("intercept_slope_error", "")))
+                     entry.get("hosmer_lemeshow_error", "") or entry.get("intercept_slope_error", "")
+                     or _slope_remark(entry)))
     axes.set(xlabel="mean predicted probability (decile groups)", ylabel="observed event rate (95% Wilson CI)",
              xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="Calibration")
     axes.legend(loc="upper left", fontsize=8)
@@ -553,6 +569,13 @@ def _calibration_section(summary: Mapping[str, Any]) -> str:
         "Groups are deciles of predicted risk (as hoslem.test). Intercept: calibration-in-the-large (0 is "
         "ideal); slope: 1 is ideal, below 1 means too extreme predictions, above 1 too modest ones.", "small"),
         _figure(figure, "calibration plot"), _table(headers, rows))
+
+
+def _slope_remark(entry: Mapping[str, Any]) -> str:
+    if entry.get("slope_method") != "firth":
+        return ""
+    return ("slope by Firth's bias-reduced fit: the predictions rank this set without error, so the "
+            "maximum-likelihood slope is infinite; with no misranked case the slope is poorly determined")
 
 
 def _decision_section(summary: Mapping[str, Any]) -> str:

@@ -279,6 +279,10 @@ class Screener:
         if outside:
             warnings.append(f"{len(outside)} of {len(ranges)} model features lie outside the training range "
                             f"(e.g. {', '.join(outside[:3])}): out-of-distribution image or ROI")
+        nomogram = self.bundle.nomogram
+        if nomogram is not None and nomogram.fit_method == "firth":
+            warnings.append("the nomogram's points come from Firth's bias-reduced fit: its training scores "
+                            "separated the classes perfectly, so its probabilities are less certain than they look")
         return warnings
 
     def _result(self, predicted: pd.Series, row: dict[str, Any], used: pd.DataFrame, heatmap: sitk.Image | None,

@@ -28,6 +28,13 @@ How the numbers are obtained (:func:`compare_models`):
   out-of-fold scores; its ``cv_auc`` is a cross-validation of that regression over the same
   outer folds.
 
+Degenerate data never end the whole comparison: where the outcome is separated so that the
+nomogram's unpenalised logistic fit does not exist, Firth's bias-reduced fit is used (per
+outer fold and for the final fit, marked in ``ModelResult.remarks``); a constant score is
+left out of the nomogram with a note; a model whose fit fails (a fold with one class, every
+feature constant after selection, a library error) is listed in ``ModelComparison.failed``
+with its message and the others go on.
+
 Groups (e.g. ``duplicate_group``: images of one patient or near-duplicate images) are never
 split: not by :func:`split_cohort`, not by the outer folds, not by the inner grid-search
 folds. (The LASSO's own internal CV over lambda, which runs inside a training fold, is
@@ -85,6 +92,7 @@ RADIOMIC_PREFIXES = (
 DEEP_PREFIX = "deep_"
 RAD_SCORE, DEEP_SCORE = "rad_score", "deep_score"
 OUTER_FOLD = "outer_fold"  # column of ModelComparison.scores_train
+NOMOGRAM_RESULT = "nomogram/logistic"
 
 
 # ====================================================================== columns
@@ -575,6 +583,7 @@ class ModelResult:
     test_auc_delong: AUCResult | None = None
     test_auc_bootstrap: AUCResult | None = None
     test_metrics: ThresholdMetrics | None = None
+    remarks: list[str] = field(default_factory=list)  # fallbacks used for this model (e.g. Firth's fit)
 
     @property
     def cv_auc_mean(self) -> float:
@@ -624,6 +633,7 @@ class ModelComparison:
     notes: list[str] = field(default_factory=list)
     score_models: dict[str, str] = field(default_factory=dict)  # rad_score / deep_score -> result name
     clinical_fill: dict[str, Any] = field(default_factory=dict)  # training value for a missing clinical value
+    failed: dict[str, str] = field(default_factory=dict)  # model name -> why it could not be built
 
     def summary(self) -> pd.DataFrame:
         """One row per model, best first by CV AUC; DeLong p vs the best model on the test set."""
@@ -702,17 +712,20 @@ def compare_models(
         inner_cv=StratifiedSiteKFold(inner_folds, site, random_state=settings.random_state + 1),
         categorical_columns=tuple(categorical_columns),
     )
-    results = _evaluate_all(context, columns, feature_sets, classifiers, notes, log)
+    failed: dict[str, str] = {}
+    results = _evaluate_all(context, columns, feature_sets, classifiers, notes, failed, log)
     scores_train, scores_test, fitted_nomogram, score_models = pd.DataFrame(), None, None, {}
     if nomogram:
-        scores_train, scores_test, fitted_nomogram, score_models = _add_nomogram(context, columns, results, notes, log)
+        scores_train, scores_test, fitted_nomogram, score_models = _add_nomogram(
+            context, columns, results, notes, failed, log)
     if not results:
-        raise InputError("no model could be built: every requested feature set is empty")
+        reasons = "; ".join(notes) or "every requested feature set is empty"
+        raise InputError(f"no model could be built: {reasons}")
     best = best_result(results.values()).name
     categorical = {c: _levels(train[c]) for c in columns.clinical if c in context.categorical_columns}
     return ModelComparison(results, best, context.y_train, context.y_test, scores_train, scores_test,
                            fitted_nomogram, settings, notes, score_models,
-                           _clinical_fill_values(train, list(columns.clinical), categorical))
+                           _clinical_fill_values(train, list(columns.clinical), categorical), failed)
 
 
 def best_result(results: Iterable[ModelResult]) -> ModelResult | None:
@@ -737,8 +750,9 @@ class _Context:
 
 
 def _evaluate_all(context: _Context, columns: FeatureColumns, feature_sets: Sequence[str],
-                  classifiers: Sequence[str], notes: list[str], log: Callable[[str], None]) -> dict[str, ModelResult]:
-    """Every feature set x classifier, in the order given."""
+                  classifiers: Sequence[str], notes: list[str], failed: dict[str, str],
+                  log: Callable[[str], None]) -> dict[str, ModelResult]:
+    """Every feature set x classifier, in the order given; a model that fails is noted, not fatal."""
     results: dict[str, ModelResult] = {}
     for feature_set in feature_sets:
         feature_columns = columns.for_set(feature_set)
@@ -746,24 +760,42 @@ def _evaluate_all(context: _Context, columns: FeatureColumns, feature_sets: Sequ
             notes.append(f"feature set {feature_set!r} skipped: it has no columns")
             continue
         for classifier in classifiers:
-            result = _evaluate(context, feature_set, classifier, feature_columns)
-            results[result.name] = result
-            log(_progress_line(result))
+            result = _evaluate_or_note(context, f"{feature_set}/{classifier}", notes, failed, log,
+                                       lambda: _evaluate(context, feature_set, classifier, feature_columns))
+            if result is not None:
+                results[result.name] = result
     return results
+
+
+def _evaluate_or_note(context: _Context, name: str, notes: list[str], failed: dict[str, str],
+                      log: Callable[[str], None], evaluate: Callable[[], ModelResult]) -> ModelResult | None:
+    """Run one model's evaluation; any failure (ours or a library's) becomes a note on that model."""
+    try:
+        result = evaluate()
+    except Exception as exc:  # noqa: BLE001 -- one degenerate model must not end the comparison
+        reason = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        failed[name] = reason
+        notes.append(f"model {name} not built: {reason}")
+        log(f"{name}: not built ({reason})")
+        return None
+    log(_progress_line(result))
+    return result
 
 
 def _add_nomogram(
     context: _Context, columns: FeatureColumns, results: dict[str, ModelResult], notes: list[str],
-    log: Callable[[str], None],
+    failed: dict[str, str], log: Callable[[str], None],
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, Nomogram | None, dict[str, str]]:
     """Rad-score / deep-score, then the nomogram model, added to ``results``."""
-    scores_train, scores_test, score_models = _rad_deep_scores(context, columns, results, notes)
+    scores_train, scores_test, score_models = _rad_deep_scores(context, columns, results, notes, failed, log)
     if scores_train is None:
         return pd.DataFrame(), None, None, {}
     nomogram_result, fitted = _evaluate_nomogram(context, columns, scores_train, scores_test, notes)
     if nomogram_result is not None:
         results[nomogram_result.name] = nomogram_result
         log(_progress_line(nomogram_result))
+    else:
+        failed[NOMOGRAM_RESULT] = notes[-1]
     return scores_train, scores_test, fitted, score_models
 
 
@@ -857,7 +889,8 @@ def _progress_line(result: ModelResult) -> str:
 
 # =========================================================== scores / nomogram
 def _rad_deep_scores(context: _Context, columns: FeatureColumns, results: dict[str, ModelResult],
-                     notes: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, str]]:
+                     notes: list[str], failed: dict[str, str], log: Callable[[str], None],
+                     ) -> tuple[pd.DataFrame | None, pd.DataFrame | None, dict[str, str]]:
     """Out-of-fold (training) and final-model (test) logits of the LASSO-LR rad/deep models,
     and which result made each score."""
     scores_train = pd.DataFrame(index=context.train.index)
@@ -867,7 +900,10 @@ def _rad_deep_scores(context: _Context, columns: FeatureColumns, results: dict[s
         if not columns.for_set(feature_set):
             notes.append(f"no {score_name}: no {feature_set} columns")
             continue
-        result = _lasso_lr_result(context, feature_set, columns, results)
+        result = _lasso_lr_result(context, feature_set, columns, results, notes, failed, log)
+        if result is None:
+            notes.append(f"no {score_name}: its LASSO-LR model could not be built")
+            continue
         score_models[score_name] = result.name
         scores_train[score_name] = result.cv.linear_predictor
         fold = result.cv.fold  # one outer splitter, so the same folds for every model
@@ -880,15 +916,20 @@ def _rad_deep_scores(context: _Context, columns: FeatureColumns, results: dict[s
 
 
 def _lasso_lr_result(context: _Context, feature_set: str, columns: FeatureColumns,
-                     results: dict[str, ModelResult]) -> ModelResult:
+                     results: dict[str, ModelResult], notes: list[str], failed: dict[str, str],
+                     log: Callable[[str], None]) -> ModelResult | None:
     """The LASSO + logistic-regression model of a feature set: reused when it was run, else
-    built and added to ``results`` as ``<feature set>/lasso-lr``."""
+    built and added to ``results`` as ``<feature set>/lasso-lr`` (None when it cannot be built)."""
     if context.settings.reduction == "lasso" and f"{feature_set}/lr" in results:
         return results[f"{feature_set}/lr"]
+    if context.settings.reduction == "lasso" and f"{feature_set}/lr" in failed:
+        return None
     settings = replace(context.settings, reduction="lasso")
-    result = _evaluate(context, feature_set, "lr", columns.for_set(feature_set), settings)
-    result.name = f"{feature_set}/lasso-lr"
-    results[result.name] = result
+    name = f"{feature_set}/lasso-lr"
+    result = _evaluate_or_note(context, name, notes, failed, log, lambda: replace(
+        _evaluate(context, feature_set, "lr", columns.for_set(feature_set), settings), name=name))
+    if result is not None:
+        results[name] = result
     return result
 
 
@@ -901,18 +942,28 @@ def _evaluate_nomogram(
     clinical = list(columns.clinical)
     categorical = {c: _levels(context.train[c]) for c in clinical if c in context.categorical_columns}
     fill = _clinical_fill_values(context.train, clinical, categorical)
-    scores = scores_train.drop(columns=OUTER_FOLD)
+    scores = _without_constant_scores(scores_train.drop(columns=OUTER_FOLD), notes)
+    if scores_test is not None:
+        scores_test = scores_test[list(scores.columns)]
     train_frame = scores.join(context.train[clinical].fillna(fill)) if clinical else scores
+    if train_frame.shape[1] == 0:
+        notes.append("no nomogram model: it has no predictor left")
+        return None, None
+    remarks: list[str] = []
     try:
-        cv = _nomogram_cv(train_frame, context.y_train, categorical, scores_train[OUTER_FOLD].to_numpy())
+        cv = _nomogram_cv(train_frame, context.y_train, categorical, scores_train[OUTER_FOLD].to_numpy(), remarks)
         fitted = Nomogram.fit(train_frame, context.y_train, categorical=categorical)
     except InputError as exc:
         notes.append(f"no nomogram model: {exc}")
         return None, None
+    if fitted.fit_method == "firth":
+        remarks.insert(0, f"final fit: {fitted.logistic_fit.description}")
+        notes.append(f"nomogram: {fitted.logistic_fit.description}; its coefficients are Firth's estimates "
+                     "(rms::lrm would give no fit)")
     result = ModelResult(
-        name="nomogram/logistic", feature_set="nomogram", classifier="logistic", cv=cv,
+        name=NOMOGRAM_RESULT, feature_set="nomogram", classifier="logistic", cv=cv,
         threshold=_training_threshold(context.y_train, cv.probability), model=fitted,
-        selected_features=list(train_frame.columns), best_params={}, seconds=0.0,
+        selected_features=list(train_frame.columns), best_params={}, seconds=0.0, remarks=remarks,
     )
     if scores_test is not None:
         test_frame = scores_test.join(context.test[clinical].fillna(fill)) if clinical else scores_test
@@ -921,14 +972,24 @@ def _evaluate_nomogram(
     return result, fitted
 
 
+def _without_constant_scores(scores: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Drop a score that is constant on the training set (its model kept no signal): it has no axis."""
+    constant = [c for c in scores.columns if scores[c].nunique(dropna=True) < 2]
+    for column in constant:
+        notes.append(f"{column} left out of the nomogram: it is constant on the training set")
+    return scores.drop(columns=constant)
+
+
 def _nomogram_cv(frame: pd.DataFrame, y: np.ndarray, categorical: dict[str, list],
-                 fold: np.ndarray) -> CrossValidatedPredictions:
+                 fold: np.ndarray, remarks: list[str]) -> CrossValidatedPredictions:
     """Refit the nomogram regression per outer fold (the folds that made the out-of-fold scores)."""
     probability = np.full(y.size, np.nan)
     aucs = []
     for k in np.unique(fold):
         train, valid = fold != k, fold == k
         model = Nomogram.fit(frame[train], y[train], categorical=categorical)
+        if model.fit_method == "firth":
+            remarks.append(f"outer fold {k + 1}: Firth's fit ({model.logistic_fit.separation} separation)")
         probability[valid] = model.points(frame[valid])["probability"].to_numpy()
         aucs.append(_auc_or_nan(y[valid], probability[valid]))
     return CrossValidatedPredictions(y, probability, None, fold, np.array(aucs), [{}] * len(aucs),

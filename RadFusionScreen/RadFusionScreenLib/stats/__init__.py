@@ -14,6 +14,9 @@ intraclass_correlation          psych::ICC(lmer=FALSE)
 ComBatModel, combat             sva::ComBat (parametric EB), as fit / transform
 Nomogram, pretty                rms::nomogram(fun=plogis), base::pretty
 fit_logistic_regression         rms::lrm / glm(binomial), unpenalised ML
+fit_firth_logistic_regression   brglm2::brglmFit(type="AS_mean") / logistf (Firth)
+fit_logistic_or_firth           ML, or Firth where detect_separation finds separation
+detect_separation               detectseparation::detect_separation (Konis' LP)
 mann_whitney_test, welch_t_test wilcox.test(exact=FALSE), t.test(var.equal=FALSE)
 univariate_tests                both, for every feature column
 youden_threshold                pROC::coords("best", best.method="youden")
@@ -35,7 +38,14 @@ from .calibration import (
 from .combat import ComBatModel, combat
 from .decision_curve import decision_curve
 from .icc import ICC_TYPES, intraclass_correlation
-from .logistic import LogisticRegressionFit, fit_logistic_regression
+from .logistic import (
+    LogisticRegressionFit,
+    SeparationError,
+    detect_separation,
+    fit_firth_logistic_regression,
+    fit_logistic_or_firth,
+    fit_logistic_regression,
+)
 from .nomogram import Nomogram, NomogramAxis, pretty
 from .roc import AUCResult, DeLongTestResult, auc_ci_bootstrap, auc_ci_delong, delong_test, roc_auc
 from .threshold import (
@@ -59,6 +69,7 @@ __all__ = [
     "Nomogram",
     "NomogramAxis",
     "Proportion",
+    "SeparationError",
     "ThresholdMetrics",
     "WelchResult",
     "auc_ci_bootstrap",
@@ -69,6 +80,9 @@ __all__ = [
     "combat",
     "decision_curve",
     "delong_test",
+    "detect_separation",
+    "fit_firth_logistic_regression",
+    "fit_logistic_or_firth",
     "fit_logistic_regression",
     "hosmer_lemeshow_test",
     "intraclass_correlation",

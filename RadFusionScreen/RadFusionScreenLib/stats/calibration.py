@@ -17,7 +17,7 @@ from scipy.special import logit
 
 from ..errors import InputError
 from ._validation import as_binary_outcome, as_probability_vector
-from .logistic import fit_logistic_regression
+from .logistic import fit_logistic_or_firth, fit_logistic_regression
 from .threshold import binomial_confidence_interval
 
 
@@ -41,7 +41,9 @@ class CalibrationFit:
     ``intercept``: calibration-in-the-large, the intercept of ``y ~ offset(logit p)``
     (0 when the mean risk is right). ``slope``: the coefficient of ``y ~ logit p``
     (1 when predictions are neither too extreme nor too modest);
-    ``intercept_with_slope`` is that model's own intercept.
+    ``intercept_with_slope`` is that model's own intercept. ``slope_method`` is "ml", or
+    "firth" when logit(p) separates the outcome perfectly (a test set the model ranks
+    without error): the ML slope is then infinite and Firth's finite estimate is given.
     """
 
     intercept: float
@@ -49,6 +51,7 @@ class CalibrationFit:
     intercept_with_slope: float
     intercept_se: float
     slope_se: float
+    slope_method: str = "ml"
 
 
 def quantile_type7(values: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -214,11 +217,12 @@ def calibration_intercept_slope(y: ArrayLike, p: ArrayLike, clip: float | None =
         raise InputError("p holds exact 0 or 1, whose logit is infinite: pass clip=1e-6 (or similar)")
     log_odds = logit(probs)
     offset_fit = fit_logistic_regression(np.empty((outcome.size, 0)), outcome, offset=log_odds)
-    slope_fit = fit_logistic_regression(log_odds[:, None], outcome, feature_names=["logit_p"])
+    slope_fit = fit_logistic_or_firth(log_odds[:, None], outcome, feature_names=["logit_p"])
     return CalibrationFit(
         intercept=float(offset_fit.coefficients[0]),
         slope=float(slope_fit.coefficients[1]),
         intercept_with_slope=float(slope_fit.coefficients[0]),
         intercept_se=float(offset_fit.standard_errors[0]),
         slope_se=float(slope_fit.standard_errors[1]),
+        slope_method=slope_fit.method,
     )

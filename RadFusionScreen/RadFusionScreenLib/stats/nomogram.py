@@ -23,7 +23,7 @@ from scipy.special import expit, logit
 
 from ..errors import InputError
 from ._validation import as_float_vector, label_key
-from .logistic import INTERCEPT, LogisticRegressionFit, fit_logistic_regression
+from .logistic import FIT_METHODS, INTERCEPT, LogisticRegressionFit, fit_logistic_or_firth
 
 FORMAT = "RadFusionScreen.Nomogram"
 FORMAT_VERSION = 1
@@ -128,7 +128,8 @@ class _Term:
 class Nomogram:
     """Points, total points, linear predictor and risk of a fitted logistic model.
 
-    Build it with :meth:`fit` (fits the unpenalised logistic regression itself),
+    Build it with :meth:`fit` (fits the logistic regression itself: ML, or Firth's fit when
+    the outcome is separated; ``fit_method`` says which),
     :meth:`from_coefficients` (from given coefficients and the training data) or
     :meth:`from_dict`.
     """
@@ -141,6 +142,7 @@ class Nomogram:
         nint: int = 10,
         lp_range: tuple[float, float] | None = None,
         logistic_fit: LogisticRegressionFit | None = None,
+        fit_method: str = "ml",
     ) -> None:
         if not terms:
             raise InputError("a nomogram needs at least one predictor")
@@ -150,6 +152,9 @@ class Nomogram:
         self.nint = int(nint)
         self.lp_range = None if lp_range is None else (float(min(lp_range)), float(max(lp_range)))
         self.logistic_fit = logistic_fit
+        if fit_method not in FIT_METHODS:
+            raise InputError(f"fit_method must be one of {FIT_METHODS}, got {fit_method!r}")
+        self.fit_method = logistic_fit.method if logistic_fit is not None else fit_method
         ranges = [(xb.min(), xb.max()) for xb in (t.xbeta_at_ticks() for t in self.terms)]
         self._r_min = np.array([lo for lo, _ in ranges])
         widest = max(hi - lo for lo, hi in ranges)
@@ -213,13 +218,16 @@ class Nomogram:
         """Fit ``lrm(y ~ all columns)`` (unpenalised ML) and build its nomogram.
 
         Categorical columns (given with their levels, reference first) are dummy-coded
-        as ``name=level``. The fit is kept as ``.logistic_fit``.
+        as ``name=level``. The fit is kept as ``.logistic_fit``. Where the outcome is
+        (quasi-)completely separated, so that no ML fit exists (rms::lrm fails), Firth's
+        bias-reduced fit is used instead and ``fit_method`` is "firth".
         """
         categorical = {name: [label_key(v) for v in levels] for name, levels in (categorical or {}).items()}
         design = _dummy_coded(training_data, categorical)
-        logistic_fit = fit_logistic_regression(design, y)
+        logistic_fit = fit_logistic_or_firth(design, y)
         nomogram = cls.from_coefficients(logistic_fit.coefficient_dict(), training_data, categorical, maxscale, nint)
         nomogram.logistic_fit = logistic_fit
+        nomogram.fit_method = logistic_fit.method
         return nomogram
 
     # ------------------------------------------------------------------ using
@@ -299,6 +307,7 @@ class Nomogram:
             "lp_range": None if self.lp_range is None else list(self.lp_range),
             "scale": self.scale,
             "intercept_info": self.intercept_info,
+            "fit_method": self.fit_method,
             "terms": [
                 {
                     "name": t.name,
@@ -321,7 +330,7 @@ class Nomogram:
             ]
             lp_range = data.get("lp_range")
             return cls(float(data["intercept"]), terms, float(data["maxscale"]), int(data["nint"]),
-                       None if lp_range is None else tuple(lp_range))
+                       None if lp_range is None else tuple(lp_range), fit_method=data.get("fit_method", "ml"))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"nomogram parameters are incomplete or malformed: {exc!r}") from None
 

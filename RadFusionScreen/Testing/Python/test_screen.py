@@ -172,8 +172,8 @@ def test_bad_masks_fail_cleanly(screener, busi_test_cases):
 def clinical_bundle(tmp_path_factory) -> Path:
     """A small bundle with a clinical predictor and ComBat by site (40 BUSI images, quick grid).
 
-    The labels are random (seeded): on a few real BUSI cases the rad-score separates the
-    classes perfectly and no nomogram can be fitted; this test is about the inputs, not accuracy.
+    The labels are random (seeded): on a few real BUSI cases the rad-score can separate the
+    classes perfectly (the nomogram is then Firth's fit); this test is about the inputs, not accuracy.
     """
     busi = shared_path("busi")
     folder = tmp_path_factory.mktemp("clinical")

@@ -267,3 +267,34 @@ def test_univariate_tests_match_wilcox_and_welch(key):
     welch = stats.welch_t_test(features["f01"][group == 1], features["f01"][group == 0])
     assert_rel([single.w, single.p_value], expected.loc["f01", ["mannwhitney_W", "mannwhitney_p"]], 1e-9)
     assert_rel([welch.t, welch.df, welch.p_value], expected.loc["f01", ["welch_t", "welch_df", "welch_p"]], 1e-9)
+
+
+# -------------------------------------------- 8. Firth's logistic regression (brglm2)
+@pytest.mark.parametrize("name, kind", [("complete", "complete"), ("quasi", "quasi-complete")])
+def test_firth_fit_matches_brglm2_under_separation(name, kind):
+    """glm(y ~ x1 + x2, binomial, method="brglmFit", type="AS_mean") on separated data."""
+    expected = load_json("firth_expected.json")[name]
+    data = load_csv(f"firth_{name}.csv")
+    X, y = data[["x1", "x2"]], data["y"]
+    assert stats.detect_separation(X, y) == kind
+    with pytest.raises(stats.SeparationError, match=f"{kind}ly separated"):
+        stats.fit_logistic_regression(X, y)  # no finite ML estimate: refused, not a wrong number
+    fit = stats.fit_logistic_or_firth(X, y)
+    assert (fit.method, fit.separation) == ("firth", kind)
+    assert list(fit.coefficient_dict()) == ["Intercept", "x1", "x2"]
+    assert_rel(fit.coefficients, list(expected["coefficients"].values()), 1e-8)
+    assert_rel(fit.standard_errors, list(expected["std_errors"].values()), 1e-8)
+    assert_rel(fit.predict_proba(X)[:5], expected["fitted_first5"], 1e-8)
+    direct = stats.fit_firth_logistic_regression(X, y)
+    assert_rel(direct.coefficients, fit.coefficients, 1e-12)
+    assert type(fit).from_dict(fit.to_dict()).to_dict() == fit.to_dict()  # method and separation kept
+
+
+def test_ml_is_kept_where_it_exists():
+    """No separation in the rms nomogram data: the fallback gives lrm's own ML coefficients."""
+    _, expected, training = _nomogram_from_reference()
+    design = pd.get_dummies(training.drop(columns="y"), columns=["sex"], drop_first=True, dtype=float)
+    assert stats.detect_separation(design, training["y"]) == "none"
+    fit = stats.fit_logistic_or_firth(design, training["y"])
+    assert fit.method == "ml"
+    assert_rel(fit.coefficients, list(expected["coefficients"].values()), 1e-8)
