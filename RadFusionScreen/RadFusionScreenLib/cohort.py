@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import InputError, RadFusionError
 from .features import CaseFeatureExtractor, ExtractionConfig, hash_inputs, normalise_segment
@@ -231,11 +231,24 @@ def _run(
     try:
         with _worker_thread_env(threads_per_worker):  # the pool spawns its workers on these submits
             futures = {pool.submit(_extract_task, task, key, config): task for task, key in pending}
-        for future in as_completed(futures):
-            yield futures[future].case_id, future.result()
+        yield from collect_outcomes(as_completed(futures), futures)
     finally:
         # Workers take ~0.4 s to unload torch: let them exit while the table is written.
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def collect_outcomes(completed: Iterable[Any], tasks: Mapping[Any, CaseTask]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(case_id, outcome) of finished futures (local pool or Dask); a future that raised, e.g.
+    because its worker process died (a crash in a compiled library, out of memory), becomes
+    that case's error and the cohort goes on. ``_extract_task`` itself never raises."""
+    for future in completed:
+        case_id = tasks[future].case_id
+        try:
+            yield case_id, future.result()
+        except Exception as error:  # noqa: BLE001 -- one case must not take the batch down
+            yield case_id, {"row": {}, "key": None, "error": (
+                f"{type(error).__name__} while extracting case {case_id}: {error or 'the worker process ended'}. "
+                "Cases whose worker died are not cached: re-run to retry them (finished cases come from the cache)")}
 
 
 @contextmanager
@@ -283,8 +296,7 @@ def _run_dask(
         client = Client(cluster)
     try:
         futures = {client.submit(_extract_task, task, key, config, pure=False): task for task, key in pending}
-        for future in dask_completed(futures):
-            yield futures[future].case_id, future.result()
+        yield from collect_outcomes(dask_completed(futures), futures)
     finally:
         if client is not scheduler:
             client.close()

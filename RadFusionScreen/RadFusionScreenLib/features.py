@@ -20,6 +20,9 @@ from .errors import InputError
 
 MODALITIES = ("CT", "MR", "US")
 NAME_STYLES = ("pyradiomics", "ibsi")
+# Version of the thin-volume treatments of radiomic.py (part of the cache key: cached rows made
+# before them are recomputed).
+THIN_VOLUME_RULES = 1
 
 # DICOM modality codes that we map onto one of the shipped default parameter sets.
 _MODALITY_ALIASES = {"CT": "CT", "MR": "MR", "US": "US", "PT": "CT"}
@@ -56,6 +59,7 @@ class ExtractionConfig:
         params_text = Path(self.params).read_text() if self.params else None
         return {
             "engine": __version__,
+            "thin_volume_rules": THIN_VOLUME_RULES,
             "params_sha256": _sha256_text(params_text) if params_text else None,
             "modality": self.modality,
             "deep": None if self.names == "ibsi" else self.deep,
@@ -127,7 +131,7 @@ class CaseFeatureExtractor:
         """Features of a geometry-checked image and binary mask."""
         modality = resolve_modality(self.config.modality or modality, image)
         radiomic_extractor = self._radiomic_extractor(modality)
-        radiomic = radiomic_extractor.execute(image, mask)
+        radiomic, radiomic_notes = radiomic_extractor.execute_case(image, mask)
         if self.config.names == "ibsi":
             from .ibsi import to_ibsi
 
@@ -139,6 +143,7 @@ class CaseFeatureExtractor:
             deep = dict(zip(deep_extractor.feature_names(), (float(v) for v in values)))
         metadata = case_metadata(image, mask, modality, source or {})
         metadata["params_sha256"] = radiomic_extractor.params_hash
+        metadata["radiomics_notes"] = "; ".join(radiomic_notes)  # thin-volume treatments (radiomic.py doc)
         metadata["cnn_backbone"] = deep_extractor.name if deep_extractor is not None else ""
         metadata["engine_version"] = __version__
         return CaseFeatures(metadata=metadata, radiomic=radiomic, deep=deep)

@@ -13,6 +13,22 @@ resampling interpolator) needs, so that the features equal those of an uncropped
   output is already the padded ROI region the filters see in an uncropped run;
 * without resampling, image and mask are cropped by the filter margin (see :func:`crop_margin`).
 
+Thin volumes get two documented, deterministic treatments (``RadiomicExtractor.execute_case``
+returns a note for each; ``features`` writes them to the ``radiomics_notes`` column):
+
+* **B-spline resampling of an axis of 2 voxels** (e.g. a 2-slice CT crop): ITK's
+  ``BSplineInterpolateImageFunction`` mirrors an out-of-range support index only once, which
+  for a cubic spline needs >= 3 voxels (order k: k // 2 + 2); on 2 slices it read memory
+  outside the image, so every run gave other values, sometimes garbage (32767 HU) and
+  pyradiomics' "Calculation of GLCM Failed". Such an axis is first extended by ITK's own
+  boundary rule (whole-sample mirror, numpy ``reflect``) far enough for the spline's
+  prefilter (:data:`_IIR_INTERPOLATOR_MARGIN`); on axes of >= 3 voxels that extension gives
+  bit-identical values to ITK's (tested), so it gives the value ITK intends.
+* **A LoG sigma the image on the extraction grid is too small for** (fewer than 4 voxels on an
+  axis, e.g. a one-slice volume, or fewer than ceil(sigma / spacing) + 1): pyradiomics skips it
+  with a log line and its features would be missing from some rows; here they are NaN, with
+  the reason.
+
 Features come back by pyradiomics name (``original_firstorder_Mean``), diagnostics dropped.
 """
 
@@ -120,9 +136,14 @@ class RadiomicExtractor:
         """Features of the ROI (mask voxels equal to the ``label`` setting, default 1).
 
         ``image``: 3D (or 2D, taken as one slice) scalar image; ``mask``: same grid, binary.
-        ``crop=False`` runs plain pyradiomics on the full image (the reference behaviour).
+        ``crop=False`` runs plain pyradiomics on the full image (the reference behaviour,
+        without the thin-volume treatments of the module doc).
         Raises :class:`MaskError` for an empty, one-voxel or too-thin ROI.
         """
+        return self.execute_case(image, mask, crop)[0]
+
+    def execute_case(self, image: sitk.Image, mask: sitk.Image, crop: bool = True) -> tuple[dict[str, float], list[str]]:
+        """:meth:`execute`, plus one note per thin-volume treatment applied to this case."""
         image, mask = _as_volumes(image, mask)
         image = _widen_small_integers(image)
         label = int(self._reference.settings.get("label", 1))
@@ -130,11 +151,14 @@ class RadiomicExtractor:
         _check_roi_size(bbox, image.GetSpacing(), self._reference.settings)
         if self._reference.settings.get("normalize", False):
             _check_not_constant(image)
+        notes: list[str] = []
         # correctMask resamples a mask on another grid onto the image: that needs the whole mask.
         if crop and not self._reference.settings.get("correctMask", False):
-            image, mask, extractor = self._preprocess(image, mask, bbox)
+            image, mask, extractor = self._preprocess(image, mask, bbox, notes)
         else:
             extractor = self._reference
+        skipped = skipped_log_images(self._reference.enabledImagetypes, self._reference.settings, image)
+        notes += [f"{name}: {why}; its features are empty (NaN)" for name, why in skipped.items()]
         try:
             # one-slice pictures take ~0.2 s: shipping them to workers costs more than it saves
             if extractor is self._inner and self.processes > 1 and image.GetSize()[2] > 1:
@@ -144,7 +168,9 @@ class RadiomicExtractor:
         except ValueError as exc:
             raise _translate_error(exc, label) from exc
         # np.real: glcm MCC comes back as a complex number with zero imaginary part.
-        return {name: float(np.real(value)) for name, value in result.items() if not name.startswith("diagnostics_")}
+        features = {name: float(np.real(value)) for name, value in result.items() if not name.startswith("diagnostics_")}
+        return _with_empty_images(features, list(skipped), self._reference.enabledImagetypes,
+                                  self._reference.settings, self._reference.enabledFeatures), notes
 
     def _execute_in_parts(self, image: sitk.Image, mask: sitk.Image) -> dict[str, Any]:
         """The inner extraction split by filtered image (one LoG sigma, the wavelet bank, ...),
@@ -187,8 +213,11 @@ class RadiomicExtractor:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def _preprocess(self, image: sitk.Image, mask: sitk.Image, bbox: np.ndarray) -> tuple[sitk.Image, sitk.Image, Any]:
-        """Normalise / resample / crop as pyradiomics would, but only around the ROI."""
+    def _preprocess(self, image: sitk.Image, mask: sitk.Image, bbox: np.ndarray,
+                    notes: list[str] | None = None) -> tuple[sitk.Image, sitk.Image, Any]:
+        """Normalise / resample / crop as pyradiomics would, but only around the ROI
+        (thin-volume treatments are appended to ``notes``)."""
+        notes = [] if notes is None else notes
         from radiomics import imageoperations
 
         settings = self._reference.settings
@@ -200,7 +229,7 @@ class RadiomicExtractor:
             # the same voxels as pyradiomics' UInt32 copy, without a 4-bytes-per-voxel full volume).
             image = _crop(image, _grow(bbox, _resample_margin(settings, mask), image.GetSize(), ()))
             try:
-                image, mask = imageoperations.resampleImage(image, mask, **settings)
+                image, mask = _resample(image, mask, bbox, settings, notes)
             except ValueError as exc:
                 raise _translate_error(exc, int(settings.get("label", 1))) from exc
             return image, mask, self._inner
@@ -378,6 +407,146 @@ def _interpolator_name(value: Any) -> str:
         if getattr(sitk, name) == value:
             return name
     return str(value)
+
+
+def _bspline_order(interpolator: Any) -> int | None:
+    """Spline order of a SimpleITK B-spline interpolator (name or constant); None for others."""
+    for name in ("sitkBSpline", *(f"sitkBSpline{k}" for k in range(1, 6)), "sitkBSplineResampler",
+                 *(f"sitkBSplineResamplerOrder{k}" for k in range(1, 6))):
+        if hasattr(sitk, name) and interpolator in (name, getattr(sitk, name)):
+            return int(name[-1]) if name[-1].isdigit() else 3
+    return None
+
+
+def _resample(image: sitk.Image, mask: sitk.Image, bbox: np.ndarray, settings: Mapping[str, Any],
+              notes: list[str]) -> tuple[sitk.Image, sitk.Image]:
+    """pyradiomics' ``resampleImage``, with axes too short for ITK's B-spline mirror first
+    extended by that same mirror (see module doc).
+
+    Only the image grows; pyradiomics builds the grid from the mask, so the grid is unchanged.
+    Grid voxels outside the original image then get ITK's default value 0 again, as they do
+    on axes long enough for ITK.
+    """
+    from radiomics import imageoperations
+
+    order = _bspline_order(settings.get("interpolator"))
+    size = np.asarray(image.GetSize())
+    thin = [axis for axis in range(size.size) if order is not None and 1 < size[axis] < order // 2 + 2]
+    if not thin or not _resampling_interpolates(image, mask, bbox, settings):
+        return imageoperations.resampleImage(image, mask, **settings)
+    resampled, resampled_mask = imageoperations.resampleImage(_mirrored(image, thin), mask, **settings)
+    axes = ", ".join(f"{'xyz'[a]} ({int(size[a])} voxels)" for a in thin)
+    notes.append(f"resampling: axis {axes} is shorter than the order-{order} B-spline needs ({order // 2 + 2}); "
+                 "extended by mirroring (ITK's own boundary rule) so that interpolation is defined")
+    return _outside_to_zero(resampled, image, thin), resampled_mask
+
+
+def _mirrored(image: sitk.Image, axes: list[int]) -> sitk.Image:
+    """The image extended on ``axes`` (x, y, z order) by whole-sample mirroring (numpy ``reflect``)."""
+    pad = _IIR_INTERPOLATOR_MARGIN
+    ndim = image.GetDimension()
+    widths = [(pad, pad) if (ndim - 1 - axis) in axes else (0, 0) for axis in range(ndim)]  # numpy order z, y, x
+    padded = sitk.GetImageFromArray(np.pad(sitk.GetArrayFromImage(image), widths, mode="reflect"))
+    padded.SetSpacing(image.GetSpacing())
+    padded.SetDirection(image.GetDirection())
+    padded.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([-pad if a in axes else 0 for a in range(ndim)]))
+    return padded
+
+
+def _outside_to_zero(resampled: sitk.Image, original: sitk.Image, axes: list[int]) -> sitk.Image:
+    """Zero the grid slabs outside ``original`` on ``axes`` (ITK's inside test: -0.5 <= index < size - 0.5).
+
+    Image and mask share one grid (checked on input), so the grid's axes are the image's.
+    """
+    array = sitk.GetArrayFromImage(resampled)
+    for axis in axes:
+        for k in range(resampled.GetSize()[axis]):
+            index = [0] * resampled.GetDimension()
+            index[axis] = k
+            point = resampled.TransformIndexToPhysicalPoint(index)
+            position = original.TransformPhysicalPointToContinuousIndex(point)[axis]
+            if not -0.5 <= position < original.GetSize()[axis] - 0.5:
+                array[(slice(None),) * (array.ndim - 1 - axis) + (k,)] = 0
+    result = sitk.GetImageFromArray(array)
+    result.CopyInformation(resampled)
+    return result
+
+
+def _resampling_interpolates(image: sitk.Image, mask: sitk.Image, bbox: np.ndarray,
+                             settings: Mapping[str, Any]) -> bool:
+    """Whether pyradiomics' resampleImage will interpolate the image (its own rule), not just the mask."""
+    mask_spacing = np.asarray(mask.GetSpacing(), dtype=float)
+    new = np.asarray(settings["resampledPixelSpacing"], dtype=float)
+    new = np.where(new == 0, mask_spacing, new)
+    roi_size = bbox[len(mask_spacing):] - bbox[:len(mask_spacing)] + 1
+    new = np.where(roi_size != 1, new, mask_spacing)  # pyradiomics keeps the spacing of a one-slice ROI axis
+    return not np.allclose(np.asarray(image.GetSpacing(), dtype=float), new)
+
+
+def log_image_name(sigma: Any) -> str:
+    """pyradiomics' name of a LoG image (``log-sigma-1-0-mm-3D`` for sigma 1.0)."""
+    return "log-sigma-%s-mm-3D" % str(sigma).replace(".", "-")
+
+
+def skipped_log_images(image_types: Mapping[str, Any], settings: Mapping[str, Any],
+                       image: sitk.Image) -> dict[str, str]:
+    """LoG images pyradiomics will skip on this image (its own size rules), with the reason."""
+    if "LoG" not in image_types:
+        return {}
+    kwargs = {**settings, **(image_types["LoG"] or {})}
+    size = np.asarray(image.GetSize())
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    grid = "x".join(str(int(v)) for v in size)
+    skipped = {}
+    for sigma in kwargs.get("sigma", []) or []:
+        if float(sigma) <= 0:
+            continue
+        if size.min() < 4:
+            skipped[log_image_name(sigma)] = (f"the image on the extraction grid is {grid} voxels; a 3D LoG "
+                                              "needs at least 4 on every axis")
+        elif not np.all(size >= np.ceil(float(sigma) / spacing) + 1):
+            skipped[log_image_name(sigma)] = (f"the image on the extraction grid ({grid} voxels) is smaller than "
+                                              "this sigma needs (ceil(sigma / spacing) + 1 per axis)")
+    return skipped
+
+
+def _with_empty_images(features: dict[str, float], skipped: list[str], image_types: Mapping[str, Any],
+                       settings: Mapping[str, Any], enabled_features: Mapping[str, Any]) -> dict[str, float]:
+    """Add NaN features for the LoG images pyradiomics skipped, so every row has the same columns,
+    in pyradiomics' own order (the LoG images after the original one, in the params' sigma order)."""
+    if not skipped:
+        return features
+    blank = _texture_feature_names(enabled_features)
+    sigmas = {**settings, **(image_types.get("LoG") or {})}.get("sigma", []) or []
+    log_blocks: dict[str, float] = {}
+    for name in (log_image_name(sigma) for sigma in sigmas if float(sigma) > 0):
+        if name in skipped:
+            log_blocks.update({f"{name}_{suffix}": float("nan") for suffix in blank})
+        else:
+            log_blocks.update({key: value for key, value in features.items() if key.startswith(f"{name}_")})
+    result: dict[str, float] = {}
+    for key, value in features.items():
+        if key.split("_", 1)[0] != "original" and log_blocks:
+            result.update(log_blocks)  # first key after the original image: the LoG images go here
+            log_blocks = {}
+        result.setdefault(key, value)
+    result.update(log_blocks)
+    return result
+
+
+def _texture_feature_names(enabled_features: Mapping[str, Any]) -> list[str]:
+    """``class_Feature`` names a filtered image yields (every enabled class but shape)."""
+    from radiomics import getFeatureClasses
+
+    classes = getFeatureClasses()
+    names = []
+    for class_name, chosen in enabled_features.items():
+        if class_name.startswith("shape") or class_name not in classes:
+            continue
+        available = classes[class_name].getFeatureNames()
+        features = chosen if chosen else [f for f, deprecated in available.items() if not deprecated]
+        names += [f"{class_name}_{feature}" for feature in features]
+    return names
 
 
 def _as_volumes(image: sitk.Image, mask: sitk.Image) -> tuple[sitk.Image, sitk.Image]:

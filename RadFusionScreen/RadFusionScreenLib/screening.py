@@ -189,7 +189,7 @@ class Screener:
         self._check_modality(image, modality or file_modality)
         row = self._clinical_row(clinical, site)
         clock = time.perf_counter()
-        radiomic = self._radiomic.execute(image, mask)
+        radiomic, radiomic_notes = self._radiomic.execute_case(image, mask)
         timings["radiomics"] = _lap(clock)
         clock = time.perf_counter()
         deep_values = self._deep.extract(image, mask)
@@ -207,7 +207,8 @@ class Screener:
             cam = self._grad_cam(image, mask, frame)
             timings["gradcam"] = _lap(clock)
         timings["total"] = sum(timings.values())
-        warnings = self._warnings(frame, roi_voxels) + ([cam.warning] if cam is not None and cam.warning else [])
+        warnings = (self._warnings(frame, roi_voxels) + [f"radiomics: {note}" for note in radiomic_notes]
+                    + ([cam.warning] if cam is not None and cam.warning else []))
         return self._result(predicted, row, used, None if cam is None else cam.image, timings, warnings)
 
     # ------------------------------------------------------------------ steps
@@ -478,6 +479,8 @@ def screen_manifest(manifest_path: str | os.PathLike, output_path: str | os.Path
                        rad_score=result.rad_score, deep_score=result.deep_score)
         except InputError as exc:
             row["error"] = str(exc)
+        except Exception as exc:  # noqa: BLE001 -- a library failure on one case must not end the batch
+            row["error"] = f"{type(exc).__name__} in {task.case_id}: {exc}"
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=list(PREDICTION_COLUMNS))
     table["error"] = table["error"].fillna("")

@@ -760,15 +760,15 @@ def _evaluate_all(context: _Context, columns: FeatureColumns, feature_sets: Sequ
             notes.append(f"feature set {feature_set!r} skipped: it has no columns")
             continue
         for classifier in classifiers:
-            result = _evaluate_or_note(context, f"{feature_set}/{classifier}", notes, failed, log,
+            result = _evaluate_or_note(f"{feature_set}/{classifier}", notes, failed, log,
                                        lambda: _evaluate(context, feature_set, classifier, feature_columns))
             if result is not None:
                 results[result.name] = result
     return results
 
 
-def _evaluate_or_note(context: _Context, name: str, notes: list[str], failed: dict[str, str],
-                      log: Callable[[str], None], evaluate: Callable[[], ModelResult]) -> ModelResult | None:
+def _evaluate_or_note(name: str, notes: list[str], failed: dict[str, str], log: Callable[[str], None],
+                      evaluate: Callable[[], ModelResult]) -> ModelResult | None:
     """Run one model's evaluation; any failure (ours or a library's) becomes a note on that model."""
     try:
         result = evaluate()
@@ -926,7 +926,7 @@ def _lasso_lr_result(context: _Context, feature_set: str, columns: FeatureColumn
         return None
     settings = replace(context.settings, reduction="lasso")
     name = f"{feature_set}/lasso-lr"
-    result = _evaluate_or_note(context, name, notes, failed, log, lambda: replace(
+    result = _evaluate_or_note(name, notes, failed, log, lambda: replace(
         _evaluate(context, feature_set, "lr", columns.for_set(feature_set), settings), name=name))
     if result is not None:
         results[name] = result

@@ -53,10 +53,10 @@ class LogisticRegressionFit:
     @property
     def description(self) -> str:
         """One line for reports: how the coefficients were estimated, and why."""
-        if self.method == "firth":
+        if self.method == "firth" and self.separation != "none":
             return (f"Firth's bias-reduced logistic regression: the outcome is {self.separation}ly "
                     "separated by the predictors, so no maximum-likelihood fit exists")
-        return "maximum likelihood (as rms::lrm)"
+        return "Firth's bias-reduced logistic regression" if self.method == "firth" else "maximum likelihood (as rms::lrm)"
 
     def coefficient_dict(self) -> dict[str, float]:
         """Coefficients keyed by column name (intercept as "Intercept")."""
