@@ -668,8 +668,9 @@ class RadFusionScreenLogic(ScriptedLoadableModuleLogic):
         info = screener.model_info()
         clinical = ", ".join(screener.clinical_predictors) or _("none")
         return _("{name}: {modality} images, decision threshold {threshold:.3f}, clinical values: {clinical}. "
-                 "Research use only.").format(name=info["name"], modality=info["modality"] or "?",
-                                              threshold=float(screener.bundle.threshold), clinical=clinical)
+                 "Bundle digest {digest}; {provenance}. Research use only.").format(
+            name=info["name"], modality=info["modality"] or "?", threshold=float(screener.bundle.threshold),
+            clinical=clinical, digest=info["digest"][:16], provenance=info["provenance"])
 
     # ------------------------------------------------------------ screening
     def exportCase(self, volumeNode, segmentationNode, segmentId):

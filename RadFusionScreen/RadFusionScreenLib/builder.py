@@ -14,6 +14,7 @@ the test set clean:
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from .errors import InputError
+from .trust import bundle_digest
 from .train import (
     CLASSIFIERS,
     FEATURE_SETS,
@@ -131,7 +133,9 @@ def build_model(
                      training_summary={"cohort": cohort, "metrics": summary, "settings": _settings_record(options),
                                        "reference": reference_record(comparison, shipped, split)})
         write_card(bundle, options, dict(zip(split.test["case_id"].astype(str), split.test[options.label_column])))
-        log(f"model bundle -> {bundle}")
+        digest = bundle_digest(json.loads((bundle / "manifest.json").read_text(encoding="utf-8")))
+        summary["bundle"] = {"path": str(bundle), "digest": digest}
+        log(f"model bundle -> {bundle} (digest {digest}; unsigned: radfusion bundle sign {bundle} --key KEY.pem)")
     return BuildResult(summary, comparison, bundle, report)
 
 
@@ -242,8 +246,6 @@ def extraction_record(config: Any, table: pd.DataFrame) -> dict[str, Any]:
 
 def write_card(bundle: Path, options: TrainOptions, test_labels: dict[str, Any]) -> None:
     """The bundle's README.md model card, from its manifest plus the trainer's notes."""
-    import json
-
     from .bundle import write_model_card
     from .card import model_card_text
 

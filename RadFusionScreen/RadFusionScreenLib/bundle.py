@@ -19,9 +19,11 @@ the features that survive every selection step, and only those raw columns are r
 loaded from text), matching the fitted pipeline to ~1e-12 (trees and boosters: ~1e-7).
 
 :func:`load_bundle` refuses, with a message naming the culprit, a bundle of a newer format,
-a listed file that is missing or whose SHA-256 differs, an unlisted pickle-like file, and a
-manifest that names arrays the weights lack. It never calls pickle, ``torch.load`` or
-``np.load``.
+a manifest edited outside the engine (its digest no longer matches ``bundle.lock.json``), a
+bundle that claims a shipped name with another digest, a listed file that is missing or whose
+SHA-256 differs, an unlisted file, a signature that does not verify, and a manifest that names
+arrays the weights lack (:mod:`.trust` has the digest, lock, pins and signatures). It never
+calls pickle, ``torch.load`` or ``np.load``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import platform
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
@@ -43,8 +45,10 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from .errors import InputError
+from .errors import BundleError, InputError
 from .stats import Nomogram
+from .trust import LOCK, Provenance, check_lock, check_pinned, check_unlisted, environment_warnings, lock_bytes, \
+    verify_signature
 from .stats._validation import label_key
 
 FORMAT = "RadFusionScreen.ModelBundle"
@@ -55,10 +59,6 @@ PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt
 RAD_SCORE, DEEP_SCORE = "rad_score", "deep_score"  # as train.RAD_SCORE / DEEP_SCORE
 _SCORE_SETS = ((RAD_SCORE, "radiomic"), (DEEP_SCORE, "deep"))
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-class BundleError(InputError):
-    """A model bundle cannot be written or served as it is (tampered, incomplete, too new)."""
 
 
 # ============================================================================ export
@@ -824,6 +824,9 @@ class Bundle:
     nomogram: Nomogram | None
     threshold: float
     clinical_fill: dict[str, Any]
+    digest: str = ""  # SHA-256 over the canonical manifest, which lists every file's SHA-256
+    provenance: Provenance = Provenance("unsigned")
+    warnings: list[str] = field(default_factory=list)  # software differences that can change its inputs
 
     @property
     def required_columns(self) -> list[str]:
@@ -1040,6 +1043,7 @@ def _write_atomically(target: Path, manifest: dict[str, Any], arrays: dict[str, 
     contents = {WEIGHTS: save(arrays, metadata={"format": FORMAT})} | files
     manifest = _jsonable(manifest) | {"files": {path: _sha256(data) for path, data in sorted(contents.items())}}
     contents[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    contents[LOCK] = lock_bytes(manifest)
     target.parent.mkdir(parents=True, exist_ok=True)
     return _replace_folder(target, contents)
 
@@ -1103,7 +1107,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     """
     folder = Path(path)
     manifest = _read_manifest(folder)
+    digest = check_lock(folder, manifest)
+    check_pinned(folder, manifest, digest)
     contents = _verified_files(folder, manifest)
+    provenance = verify_signature(folder, digest)
     arrays = _load_weights(contents)
     try:
         models = {key: BundleModel(entry["spec"], arrays, contents) for key, entry in manifest["models"].items()}
@@ -1118,7 +1125,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     except InputError as exc:
         raise BundleError(f"{folder / MANIFEST}: {exc}") from None
     return Bundle(folder, manifest, primary, models, nomogram, float("nan") if threshold is None else float(threshold),
-                  dict((nomogram_entry or {}).get("clinical_fill") or {}))
+                  dict((nomogram_entry or {}).get("clinical_fill") or {}), digest, provenance,
+                  environment_warnings(manifest))
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
@@ -1166,6 +1174,7 @@ def _verified_files(folder: Path, manifest: Mapping[str, Any]) -> dict[str, byte
         if file.suffix.lower() in PICKLE_SUFFIXES and relative not in contents:
             raise BundleError(f"the bundle folder holds {relative!r}, a pickle-like file it does not list: "
                               "bundles never contain pickles; remove it")
+    check_unlisted(folder, listed)
     return contents
 
 
@@ -1192,13 +1201,16 @@ def write_model_card(path: str | os.PathLike, text: str) -> Path:
     """Put (or replace) the bundle's model card ``README.md`` and list its SHA-256.
 
     A model card is written after training, by people: the bundle is verified first (a
-    damaged bundle is not re-signed), then rebuilt beside the old one and swapped in, so an
-    interrupted write leaves the previous bundle intact.
+    damaged bundle is not re-locked), then rebuilt beside the old one and swapped in, so an
+    interrupted write leaves the previous bundle intact. The digest changes, so the new lock
+    is written and an old signature is dropped (sign again).
     """
     folder = Path(path)
     manifest = _read_manifest(folder)
+    check_lock(folder, manifest)
     contents = _verified_files(folder, manifest)
     contents[MODEL_CARD] = text.encode("utf-8")
     manifest["files"] = {name: _sha256(data) for name, data in sorted(contents.items())}
     contents[MANIFEST] = (json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    contents[LOCK] = lock_bytes(manifest)
     return _replace_folder(folder, contents)

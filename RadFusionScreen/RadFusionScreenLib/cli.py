@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_screen_command(commands)
     _add_demo_command(commands)
+    _add_bundle_command(commands)
     return parser
 
 
@@ -158,6 +159,21 @@ def _add_demo_command(commands) -> None:
     parser.add_argument("-o", "--output", default="demo_output", help="folder for the demo's files (default demo_output)")
     parser.add_argument("--model", help="model bundle (default: the shipped busi-ultrasound)")
     parser.set_defaults(run=run_demo)
+
+
+def _add_bundle_command(commands) -> None:
+    parser = commands.add_parser("bundle", help="check, sign or make keys for model bundles (integrity, provenance)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = actions.add_parser("verify", help="check a bundle: digest, lock, files, pins, signature, environment")
+    verify.add_argument("bundle", help="model bundle folder")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    sign = actions.add_parser("sign", help="sign a bundle's digest with an Ed25519 private key (bundle.sig.json)")
+    sign.add_argument("bundle", help="model bundle folder")
+    sign.add_argument("--key", required=True, help="Ed25519 private key, unencrypted PEM (radfusion bundle keygen)")
+    sign.add_argument("--signer", help="signer's name recorded in the signature (default: the key file's name)")
+    keygen = actions.add_parser("keygen", help="make an Ed25519 key pair: NAME.pem (private) and NAME.pub (share)")
+    keygen.add_argument("private_key", help="path of the private key to create, e.g. ~/keys/my-lab.pem")
+    parser.set_defaults(run=run_bundle)
 
 
 FEATURE_SETS_DEFAULT = ("clinical", "radiomic", "deep", "fused")
@@ -296,6 +312,33 @@ def run_demo(args: argparse.Namespace) -> int:
 
     for line in demo(args.output, args.model):
         print(line)
+    return 0
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    import json
+
+    from . import trust
+    from .bundle import load_bundle
+
+    if args.action == "keygen":
+        private, public = trust.generate_key(Path(args.private_key).expanduser())
+        print(f"private key {private} (keep it secret; sign with: radfusion bundle sign BUNDLE --key {private})")
+        print(f"public key  {public} (give it to users: they put it in {trust.user_keys_dirs()[0]})")
+        return 0
+    if args.action == "sign":
+        target = trust.sign_bundle(args.bundle, Path(args.key).expanduser(), args.signer)
+        print(f"signed: {target}")
+    bundle = load_bundle(args.bundle)
+    record = {"bundle": str(bundle.path), "name": bundle.manifest.get("name"), "digest": bundle.digest,
+              "provenance": bundle.provenance.to_dict(), "warnings": bundle.warnings,
+              "shipped": trust.shipped_pins().get(str(bundle.manifest.get("name"))) == bundle.digest}
+    if getattr(args, "json", False):
+        print(json.dumps(record, indent=1))
+    else:
+        print(f"{record['name']}: digest {bundle.digest}\n{bundle.provenance.describe()}"
+              + ("\nshipped with RadFusionScreen (pinned digest)" if record["shipped"] else "")
+              + "".join(f"\nwarning: {w}" for w in bundle.warnings))
     return 0
 
 

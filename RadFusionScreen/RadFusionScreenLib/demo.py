@@ -119,8 +119,8 @@ def html_page(description: str, result: Any, overlay: bytes) -> str:
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 10px;text-align:left}}
 .big{{font-size:2.2em;font-weight:bold}}</style></head><body>
 <h1>RadFusionScreen: one case</h1>
-<p>{html.escape(description)}<br>model {html.escape(str(result.model['name']))}, bundle sha256
-{html.escape(result.model['manifest_sha256'][:16])}</p>
+<p>{html.escape(description)}<br>model {html.escape(str(result.model['name']))}, bundle digest
+{html.escape(result.model['digest'][:16])}, {html.escape(result.model['provenance'])}</p>
 <p class="big">probability {result.probability:.3f}: {html.escape(result.risk_class.upper())} risk</p>
 <p>decision threshold {result.threshold:.3f} (Youden, chosen on training data)</p>
 <h2>Nomogram</h2><table><tr><th>predictor</th><th>value</th><th>points</th></tr>{rows}{total}</table>

@@ -23,3 +23,7 @@ class DicomSeriesError(InputError):
 
 class MaskError(InputError):
     """The mask is empty, too small, or its label is ambiguous or absent."""
+
+
+class BundleError(InputError):
+    """A model bundle cannot be written or served as it is (tampered, incomplete, too new)."""

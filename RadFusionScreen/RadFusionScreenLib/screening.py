@@ -18,7 +18,6 @@ Clinical values the nomogram needs must be given: a missing one is refused, neve
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -96,7 +95,7 @@ class ScreenResult:
         """A short, readable summary for a terminal."""
         lines = [
             f"model      {self.model['name']} (bundle format {self.model['format_version']}, "
-            f"sha256 {self.model['manifest_sha256'][:12]})",
+            f"digest {self.model['digest'][:16]}; {self.model['provenance']})",
             f"probability {self.probability:.3f}  ->  {self.risk_class.upper()} risk "
             f"(threshold {self.threshold:.3f}, decision {'positive' if self.decision else 'negative'})",
         ]
@@ -165,11 +164,12 @@ class Screener:
         return (self.bundle.manifest.get("input") or {}).get("combat") or {}
 
     def model_info(self) -> dict[str, Any]:
+        """Name, bundle digest (over every value and file), provenance and load warnings of the model."""
         manifest = self.bundle.manifest
-        digest = hashlib.sha256((self.path / "manifest.json").read_bytes()).hexdigest()
         return {"name": manifest.get("name"), "format_version": manifest.get("format_version"),
-                "created": manifest.get("created"), "manifest_sha256": digest, "path": str(self.path),
-                "modality": self.modality}
+                "created": manifest.get("created"), "digest": self.bundle.digest,
+                "provenance": self.bundle.provenance.describe(), "path": str(self.path),
+                "modality": self.modality, "warnings": list(self.bundle.warnings)}
 
     def screen(self, image: Any, mask: Any, clinical: Mapping[str, Any] | None = None, site: str | None = None,
                label: int | None = None, geometry: Mapping[str, Any] | None = None,
@@ -207,7 +207,8 @@ class Screener:
             cam = self._grad_cam(image, mask, frame)
             timings["gradcam"] = _lap(clock)
         timings["total"] = sum(timings.values())
-        warnings = (self._warnings(frame, roi_voxels) + [f"radiomics: {note}" for note in radiomic_notes]
+        warnings = (list(self.bundle.warnings) + self._warnings(frame, roi_voxels)
+                    + [f"radiomics: {note}" for note in radiomic_notes]
                     + ([cam.warning] if cam is not None and cam.warning else []))
         return self._result(predicted, row, used, None if cam is None else cam.image, timings, warnings)
 

@@ -30,6 +30,7 @@ from RadFusionScreenLib.bundle import (
     write_bundle,
 )
 from RadFusionScreenLib.errors import InputError
+from RadFusionScreenLib.trust import LOCK, lock_bytes
 from RadFusionScreenLib.harmonize import ComBatHarmonizer
 from RadFusionScreenLib.train import CLASSIFIERS, FeatureColumns, ModelSettings, build_pipeline, compare_models
 
@@ -265,7 +266,7 @@ def test_bundle_reproduces_the_comparison(comparison_and_test, tmp_path, classif
     np.testing.assert_allclose(predicted["nomogram_points_age"], points["age"], rtol=0, atol=1e-8)
     np.testing.assert_allclose(predicted["nomogram_probability"], points["probability"], rtol=0, atol=EXACT)
     files = bundle.manifest["files"]
-    on_disk = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST)
+    on_disk = sorted(p.name for p in folder.iterdir() if p.name not in (MANIFEST, LOCK))
     assert sorted(files) == on_disk and (classifier != "xgboost" or "primary.xgboost.json" in files)
     for name, digest in files.items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
@@ -325,9 +326,11 @@ def test_unlisted_pickle_file_is_refused_naming_it(bundle_copy):
 
 
 def test_manifest_naming_an_absent_array_is_refused(bundle_copy):
+    """As a faulty exporter would write it: the manifest and its lock agree, the array is absent."""
     manifest = json.loads((bundle_copy / MANIFEST).read_text())
     manifest["models"]["primary"]["spec"]["steps"][0]["fill"] = "primary.nothing"
     (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    (bundle_copy / LOCK).write_bytes(lock_bytes(manifest))
     with pytest.raises(BundleError, match="'primary.nothing'"):
         load_bundle(bundle_copy)
 
@@ -368,15 +371,11 @@ def test_rewriting_replaces_a_bundle_and_failures_leave_nothing(comparison_and_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
-def test_model_card_is_listed_and_protected(tmp_path):
+def test_model_card_is_listed_and_protected(bundle_copy):
     """write_model_card adds README.md with its SHA-256; editing it afterwards is detected."""
     from RadFusionScreenLib.bundle import write_model_card
 
-    source = sorted((Path(__file__).resolve().parents[3] / "models").glob("*/manifest.json"))
-    if not source:
-        pytest.skip("no shipped bundle to copy")
-    bundle = tmp_path / "bundle"
-    shutil.copytree(source[0].parent, bundle)
+    bundle = bundle_copy
     write_model_card(bundle, "# Model card\nintended use: research\n")
     loaded = load_bundle(bundle)
     assert "README.md" in loaded.manifest["files"]

@@ -141,3 +141,4 @@ def test_cmake_builds_every_script_and_resource_with_tests():
         listed = resource.replace("RadFusionScreen", "${MODULE_NAME}")
         assert resource in cmake or listed in cmake, f"{resource} is not listed in CMakeLists.txt"
     assert "../models" in cmake, "the shipped model bundles must travel with the module"
+    assert "${MODULE_NAME}Lib/keys/*.pub" in cmake and "${MODULE_NAME}Lib/keys/*.json" in cmake, "bundle trust files"
