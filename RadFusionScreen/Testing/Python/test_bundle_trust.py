@@ -177,3 +177,25 @@ def test_cli_verify_reports_digest_provenance_and_pin(capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["shipped"] is True and record["provenance"]["status"] == "verified"
     assert record["digest"] == trust.shipped_pins()["busi-ultrasound"]
+
+
+def test_bundle_from_a_newer_engine_warns(monkeypatch):
+    import RadFusionScreenLib
+
+    monkeypatch.setattr(RadFusionScreenLib, "__version__", "0.0.1")
+    assert any("made by RadFusionScreen 0.1.0, newer than this 0.0.1" in w for w in load_bundle(SHIPPED).warnings)
+
+
+def test_other_cnn_weights_or_radiomics_defaults_are_refused(monkeypatch):
+    """What would change the features themselves is refused, not warned (checked where loaded)."""
+    from RadFusionScreenLib import deep, radiomic
+    from RadFusionScreenLib.errors import InputError
+
+    with monkeypatch.context() as patch:
+        patch.setattr(deep, "sha256_file", lambda path: "0" * 64)
+        with pytest.raises(InputError, match="network weights .* have SHA-256 0000"):
+            Screener(SHIPPED)
+    with monkeypatch.context() as patch:
+        patch.setattr(radiomic, "_canonical_json", lambda value: "other pyradiomics defaults")
+        with pytest.raises(InputError, match="do not reproduce its recorded params hash"):
+            Screener(SHIPPED)
