@@ -14,13 +14,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -86,11 +87,11 @@ class RadFusionScreenParameterNode:
     inputSegmentation: vtkMRMLSegmentationNode
     segmentId: str = ""
     modelPath: str = ""
-    device: str = "auto"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     clinicalValues: str = "{}"
     site: str = ""
     heatmapVisible: bool = True
-    heatmapOpacity: float = 0.5
+    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     probability: float = -1.0
     riskClass: str = ""
     resultJson: str = ""
@@ -184,7 +185,7 @@ class RadFusionScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if node is None:
             return
-        self.ui.segmentSelector.setSegmentationNode(node.inputSegmentation)
+        self.ui.segmentSelector.setCurrentNode(node.inputSegmentation)
         if node.segmentId and self.ui.segmentSelector.currentSegmentID() != node.segmentId:
             self.ui.segmentSelector.setCurrentSegmentID(node.segmentId)
         self.ui.editRoiButton.enabled = node.inputVolume is not None
@@ -234,7 +235,7 @@ class RadFusionScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentation.CreateDefaultDisplayNodes()
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
             node.inputSegmentation = segmentation
-            node.segmentId = segmentation.GetSegmentation().AddEmptySegment("lesion")
+            node.segmentId = self.logic.addLesionSegment(segmentation)
         slicer.util.setSliceViewerLayers(background=volume)
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
@@ -517,7 +518,9 @@ def loadDicomFolder(folder) -> list:
     from DICOMLib import DICOMUtils
 
     def importAndLoad(database):
-        DICOMUtils.importDicom(folder, database)
+        if not DICOMUtils.importDicom(folder, database):  # it returns False, it does not raise
+            raise ValueError(_("Slicer could not import {folder} into its DICOM database (see the log)").format(
+                folder=folder))
         files = slicer.util.getFilesInDirectory(folder)
         seriesUIDs = sorted({database.seriesForFile(f) for f in files} - {""})
         if not seriesUIDs:
@@ -658,6 +661,11 @@ class RadFusionScreenLogic(ScriptedLoadableModuleLogic):
         if key not in self._screeners:
             self._screeners[key] = Screener(key[0], device)
         return self._screeners[key]
+
+    @staticmethod
+    def addLesionSegment(segmentationNode) -> str:
+        """An empty segment named "lesion" (AddEmptySegment's first argument is the ID); its ID."""
+        return segmentationNode.GetSegmentation().AddEmptySegment("", "lesion")
 
     def modelCard(self, modelPath=None) -> str:
         card = self.resolveModelPath(modelPath) / "README.md"

@@ -2,25 +2,24 @@
 that Volumes, Segmentations, Subject hierarchy and Tables need, optionally the slice views'
 logics (they blend layers without OpenGL). No Qt, no rendering.
 
-:func:`import_module_file` imports ``RadFusionScreen.py`` itself: slicer-core lacks the three
-Slicer-application modules it imports (ScriptedLoadableModule, parameterNodeWrapper, i18n),
-so minimal stand-ins are installed for those (and only when the real ones are absent).
+:func:`import_module_file` imports ``RadFusionScreen.py`` itself, on Slicer 5.12's own
+ScriptedLoadableModule, parameterNodeWrapper and i18n (:mod:`slicer_code`), which slicer-core
+lacks.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
 import sys
 import tempfile
 import types
-import typing
-import unittest
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+import slicer_code
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (headless MRML) is not installed")
 
@@ -106,8 +105,9 @@ def slice_logic(scene, name: str = "Red"):
 
 @functools.lru_cache(maxsize=1)
 def import_module_file() -> types.ModuleType:
-    """``RadFusionScreen/RadFusionScreen.py`` imported as the module ``RadFusionScreen``."""
-    _install_stand_ins()
+    """``RadFusionScreen/RadFusionScreen.py`` imported as the module ``RadFusionScreen``, on Slicer
+    5.12's own ScriptedLoadableModule / parameterNodeWrapper / i18n (see :mod:`slicer_code`)."""
+    slicer_code.install()
     path = Path(__file__).resolve().parents[2] / "RadFusionScreen.py"
     spec = importlib.util.spec_from_file_location("RadFusionScreen", path)
     module = importlib.util.module_from_spec(spec)
@@ -116,89 +116,3 @@ def import_module_file() -> types.ModuleType:
     return module
 
 
-def _install_stand_ins() -> None:
-    for name, build in (("i18n", _i18n), ("ScriptedLoadableModule", _scripted_loadable_module),
-                        ("parameterNodeWrapper", _parameter_node_wrapper)):
-        full_name = f"slicer.{name}"
-        if full_name in sys.modules or importlib.util.find_spec(full_name) is not None:
-            continue  # the real one (inside Slicer)
-        module = types.ModuleType(full_name)
-        build(module)
-        sys.modules[full_name] = module
-        setattr(slicer, name, module)
-
-
-def _i18n(module: types.ModuleType) -> None:
-    module.tr = lambda text: text
-    module.translate = lambda context, text: text
-
-
-def _scripted_loadable_module(module: types.ModuleType) -> None:
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-            self.moduleName = type(self).__name__
-
-    class ScriptedLoadableModuleWidget:
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            self.moduleName = type(self).__name__.removesuffix("Logic")
-            self.isSingletonParameterNode = True
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, requestedDelay=None, msec=None):
-            logging.info(message)
-
-    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
-                ScriptedLoadableModuleTest):
-        setattr(module, cls.__name__, cls)
-
-
-def _parameter_node_wrapper(module: types.ModuleType) -> None:
-    """Typed properties over a vtkMRMLScriptedModuleNode, stored as Slicer's wrapper stores
-    them: node references (plus an empty parameter), "True"/"False", str() of numbers."""
-
-    def parameterNodeWrapper(cls):
-        hints = typing.get_type_hints(cls)
-        defaults = {name: getattr(cls, name, None) for name in hints}
-
-        def __init__(self, node):
-            self.parameterNode = node
-            for name, kind in hints.items():
-                if not node.HasParameter(name):
-                    _write(node, name, kind, defaults[name])
-
-        attributes = {"__init__": __init__, "__doc__": cls.__doc__}
-        for name, kind in hints.items():
-            attributes[name] = property(
-                lambda self, name=name, kind=kind: _read(self.parameterNode, name, kind),
-                lambda self, value, name=name, kind=kind: _write(self.parameterNode, name, kind, value))
-        return type(cls.__name__, (), attributes)
-
-    module.parameterNodeWrapper = parameterNodeWrapper
-
-
-def _is_node_type(kind) -> bool:
-    return isinstance(kind, type) and issubclass(kind, slicer.vtkMRMLNode)
-
-
-def _write(node, name: str, kind, value) -> None:
-    if _is_node_type(kind):
-        node.SetParameter(name, "")
-        node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
-    elif kind is bool:
-        node.SetParameter(name, "True" if value else "False")
-    else:
-        node.SetParameter(name, "" if value is None else str(value))
-
-
-def _read(node, name: str, kind):
-    if _is_node_type(kind):
-        return node.GetNodeReference(name)
-    text = node.GetParameter(name)
-    if kind is bool:
-        return text == "True"
-    return kind(text) if kind in (int, float) else text

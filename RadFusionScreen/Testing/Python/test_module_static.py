@@ -12,17 +12,6 @@ MODULE_FILE = MODULE_DIR / "RadFusionScreen.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "RadFusionScreen.ui"
 CMAKE_FILE = MODULE_DIR / "CMakeLists.txt"
 
-# Which parameter-node types a bound widget class can hold (parameterNodeWrapper's GUI connectors).
-BINDABLE = {
-    "QComboBox": {"str"},
-    "QLineEdit": {"str"},
-    "QCheckBox": {"bool"},
-    "ctkCheckBox": {"bool"},
-    "ctkSliderWidget": {"float", "int"},
-    "QDoubleSpinBox": {"float"},
-    "ctkDoubleSpinBox": {"float"},
-    "QSpinBox": {"int"},
-}
 WRAPPER_METHODS = {"connectGui", "disconnectGui", "parameterNode"}
 
 
@@ -62,21 +51,6 @@ def test_every_ui_name_the_code_uses_exists_in_the_ui_file():
     assert len(used) >= 20, "the widget uses few self.ui names: the check would be nearly vacuous"
     missing = used - set(_ui_widgets())
     assert not missing, f"widgets used in RadFusionScreen.py but absent from the .ui: {sorted(missing)}"
-
-
-def test_gui_bindings_name_real_parameter_node_fields_of_a_matching_type():
-    fields = _parameter_node_fields()
-    bound = _bindings()
-    expected = {"inputVolume", "inputSegmentation", "device", "heatmapOpacity", "heatmapVisible"}
-    assert expected <= {parameter for _, parameter in bound.values()}
-    for name, (widget, parameter) in bound.items():
-        assert parameter in fields, f"{name}: SlicerParameterName {parameter!r} is not a parameter-node field"
-        annotation, widget_class = fields[parameter], widget.get("class")
-        if widget_class == "qMRMLNodeComboBox":
-            node_types = [s.text for s in widget.iter("string") if s.text and s.text.startswith("vtkMRML")]
-            assert annotation in node_types, f"{name} lists {node_types}, the field holds {annotation}"
-        else:
-            assert annotation in BINDABLE.get(widget_class, set()), f"{name} ({widget_class}) cannot hold {annotation}"
 
 
 def test_parameter_node_fields_the_code_uses_exist():
