@@ -247,7 +247,7 @@ def collect_outcomes(completed: Iterable[Any], tasks: Mapping[Any, CaseTask]) ->
             yield case_id, future.result()
         except Exception as error:  # noqa: BLE001 -- one case must not take the batch down
             yield case_id, {"row": {}, "key": None, "error": (
-                f"{type(error).__name__} while extracting case {case_id}: {error or 'the worker process ended'}. "
+                f"{type(error).__name__} while extracting case {case_id}: {str(error) or 'the worker process ended'}. "
                 "Cases whose worker died are not cached: re-run to retry them (finished cases come from the cache)")}
 
 
