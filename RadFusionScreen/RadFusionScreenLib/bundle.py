@@ -47,7 +47,7 @@ from scipy.special import expit
 
 from .errors import BundleError, InputError
 from .stats import Nomogram
-from .trust import LOCK, Provenance, check_lock, check_pinned, check_unlisted, environment_warnings, lock_bytes, \
+from .trust import LOCK, SIGNATURE, Provenance, check_lock, check_pinned, environment_warnings, lock_bytes, \
     verify_signature
 from .stats._validation import label_key
 
@@ -55,6 +55,7 @@ FORMAT = "RadFusionScreen.ModelBundle"
 FORMAT_VERSION = "1"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+ENGINE_FILES = frozenset({MANIFEST, LOCK, SIGNATURE})  # written by the engine, not listed in the manifest
 PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".dill"})
 RAD_SCORE, DEEP_SCORE = "rad_score", "deep_score"  # as train.RAD_SCORE / DEEP_SCORE
 _SCORE_SETS = ((RAD_SCORE, "radiomic"), (DEEP_SCORE, "deep"))
@@ -1171,10 +1172,14 @@ def _verified_files(folder: Path, manifest: Mapping[str, Any]) -> dict[str, byte
         contents[name] = data
     for file in sorted(folder.rglob("*")):
         relative = file.relative_to(folder).as_posix()
-        if file.suffix.lower() in PICKLE_SUFFIXES and relative not in contents:
+        if relative in contents or relative in ENGINE_FILES:
+            continue
+        if file.suffix.lower() in PICKLE_SUFFIXES:
             raise BundleError(f"the bundle folder holds {relative!r}, a pickle-like file it does not list: "
                               "bundles never contain pickles; remove it")
-    check_unlisted(folder, listed)
+        if file.is_file():
+            raise BundleError(f"the bundle folder holds {relative!r}, a file its manifest does not list: a bundle is "
+                              "exported whole by RadFusionScreen; remove the file (or re-export the bundle)")
     return contents
 
 

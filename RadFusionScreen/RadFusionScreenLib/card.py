@@ -48,6 +48,14 @@ def model_card_text(manifest: Mapping[str, Any], notes: str = "",
     return "\n".join(lines).rstrip() + "\n"
 
 
+def fitting_remarks(summary: Mapping[str, Any]) -> list[str]:
+    """"model: remark" for each fallback a model used (e.g. Firth's fit) and each model not built,
+    from a comparison summary (``radfusion train --json``, a bundle's training metrics)."""
+    remarks = [f"{name}: {remark}" for name, m in (summary.get("models") or {}).items()
+               for remark in m.get("remarks") or []]
+    return remarks + [f"{name}: not built: {why}" for name, why in (summary.get("failed_models") or {}).items()]
+
+
 def _cohort_section(cohort: Mapping[str, Any]) -> list[str]:
     def part(name: str) -> str:
         info = cohort.get(name) or {}
@@ -86,10 +94,10 @@ def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any]) -> l
                      f"{_num(m.get('test_auc'))} ({_ci(m.get('test_auc_ci'))}) | {_ci(m.get('test_auc_ci_bootstrap'))} | "
                      f"{_proportion(m.get('sensitivity'))} | {_proportion(m.get('specificity'))} |")
     lines += ["", f"Best model overall by CV AUC: {metrics.get('best_model')}.", ""]
-    remarks = [f"- {name}: {remark}" for name, m in models.items() for remark in m.get("remarks") or []]
-    remarks += [f"- {name}: not built: {why}" for name, why in (metrics.get("failed_models") or {}).items()]
+    remarks = fitting_remarks(metrics)
     if remarks:
-        lines += ["Fitting remarks (fallbacks used, models that could not be built):", "", *remarks, ""]
+        lines += ["Fitting remarks (fallbacks used, models that could not be built):", "",
+                  *(f"- {remark}" for remark in remarks), ""]
     for test in metrics.get("delong") or []:
         if test.get("comparison", "").startswith("fused vs"):
             lines.append(f"- DeLong, {test['comparison']}: {test['model']} vs {test['reference']}, "

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .card import fitting_remarks
 from .errors import InputError
 from .explain import ShapResult, shap_summary
 from .stats import (
@@ -482,8 +483,7 @@ def _models_section(summary: Mapping[str, Any], selected: str) -> str:
 
 def _remarks(summary: Mapping[str, Any]) -> str:
     """Per-model fallbacks (e.g. Firth's fit under separation) and models that could not be built."""
-    items = [f"{name}: {remark}" for name, m in summary.get("models", {}).items() for remark in m.get("remarks") or []]
-    items += [f"{name}: not built: {why}" for name, why in (summary.get("failed_models") or {}).items()]
+    items = fitting_remarks(summary)
     if not items:
         return ""
     return _paragraph("Remarks: " + "; ".join(items), "small warning")

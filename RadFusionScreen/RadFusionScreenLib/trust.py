@@ -8,7 +8,7 @@
   digest, and one hash per manifest section. On load the recomputed digest must equal it, so
   an edit made outside the engine is refused with the sections it changed. Re-exporting
   through the engine (``radfusion train``, the model-card writer) is the way to change a
-  bundle. Files the manifest does not list are refused too.
+  bundle. (Files the manifest does not list are refused by :func:`.bundle.load_bundle`.)
 - **Pins**: the digests of the bundles shipped with the engine (``keys/shipped_bundles.json``).
   A bundle that claims a shipped name (manifest ``name`` or folder name) with another digest
   is refused: it is not the shipped model.
@@ -101,16 +101,6 @@ def check_lock(folder: Path, manifest: Mapping[str, Any]) -> str:
         f"{LOCK} itself was edited"
     raise BundleError(f"{folder / 'manifest.json'} was edited outside RadFusionScreen ({what}): the bundle is refused. "
                       "A bundle is changed by re-exporting it through RadFusionScreen, never by hand")
-
-
-def check_unlisted(folder: Path, listed: Mapping[str, Any]) -> None:
-    """Refuse files the manifest does not list (the lock and signature are the engine's own)."""
-    allowed = set(listed) | {"manifest.json", LOCK, SIGNATURE}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = file.relative_to(folder).as_posix()
-        if relative not in allowed:
-            raise BundleError(f"the bundle folder holds {relative!r}, a file its manifest does not list: a bundle is "
-                              "exported whole by RadFusionScreen; remove the file (or re-export the bundle)")
 
 
 # ------------------------------------------------------------------- shipped pins

@@ -175,11 +175,10 @@ def fit_logistic_regression(
     problem = _Problem.of(X, y, feature_names, offset, fit_intercept)
     # Checked first: under quasi-complete separation Newton's steps shrink while a coefficient
     # drifts to infinity, so a step criterion (glm's too) can report a huge, meaningless fit.
-    kind = detect_separation(problem.design, problem.y, fit_intercept=False)
+    kind = problem.separation()
     if kind != "none":
         raise SeparationError(kind)
-    beta, n_iter = _newton_raphson(problem.design, problem.y, problem.offset, tol, max_iter)
-    return problem.fit(beta, n_iter, "ml")
+    return problem.fit_ml(tol, max_iter)
 
 
 def fit_firth_logistic_regression(
@@ -202,8 +201,7 @@ def fit_firth_logistic_regression(
     ``separation`` of the result is what :func:`detect_separation` finds.
     """
     problem = _Problem.of(X, y, feature_names, offset, fit_intercept)
-    beta, n_iter = _firth_newton(problem.design, problem.y, problem.offset, tol, max_iter)
-    return problem.fit(beta, n_iter, "firth", detect_separation(problem.design, problem.y, fit_intercept=False))
+    return problem.fit_firth(tol, max_iter, problem.separation())
 
 
 def fit_logistic_or_firth(
@@ -220,11 +218,9 @@ def fit_logistic_or_firth(
     iteration), so the same data always get the same method. ``method`` and ``separation``
     of the result say which was used and why.
     """
-    try:
-        return fit_logistic_regression(X, y, feature_names=feature_names, offset=offset, fit_intercept=fit_intercept)
-    except SeparationError:
-        return fit_firth_logistic_regression(X, y, feature_names=feature_names, offset=offset,
-                                             fit_intercept=fit_intercept)
+    problem = _Problem.of(X, y, feature_names, offset, fit_intercept)
+    kind = problem.separation()  # one check decides, and is recorded
+    return problem.fit_ml(1e-12, 100) if kind == "none" else problem.fit_firth(1e-12, 200, kind)
 
 
 class SeparationError(InputError):
@@ -293,6 +289,17 @@ class _Problem:
         base = np.zeros(outcome.size) if offset is None else as_float_vector(offset, "offset", outcome.size)
         all_names = ([INTERCEPT] if fit_intercept else []) + names
         return cls(design, outcome, base, tuple(all_names), fit_intercept)
+
+    def separation(self) -> str:
+        return detect_separation(self.design, self.y, fit_intercept=False)
+
+    def fit_ml(self, tol: float, max_iter: int) -> LogisticRegressionFit:
+        beta, n_iter = _newton_raphson(self.design, self.y, self.offset, tol, max_iter)
+        return self.fit(beta, n_iter, "ml")
+
+    def fit_firth(self, tol: float, max_iter: int, separation: str) -> LogisticRegressionFit:
+        beta, n_iter = _firth_newton(self.design, self.y, self.offset, tol, max_iter)
+        return self.fit(beta, n_iter, "firth", separation)
 
     def fit(self, beta: np.ndarray, n_iter: int, method: str, separation: str = "none") -> LogisticRegressionFit:
         eta = self.offset + self.design @ beta
