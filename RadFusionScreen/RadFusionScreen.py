@@ -683,7 +683,7 @@ class RadFusionScreenLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------ screening
     def exportCase(self, volumeNode, segmentationNode, segmentId):
         """The volume and the segment as SimpleITK images (LPS) on the volume's voxel grid."""
-        from RadFusionScreenLib.mrml import segment_to_sitk_mask, volume_node_to_sitk
+        from RadFusionScreenLib.slicer_glue.mrml import segment_to_sitk_mask, volume_node_to_sitk
 
         return volume_node_to_sitk(volumeNode), segment_to_sitk_mask(segmentationNode, segmentId, volumeNode)
 
@@ -711,7 +711,7 @@ class RadFusionScreenLogic(ScriptedLoadableModuleLogic):
         All or nothing: on error every node added here is removed again and the slice views
         keep their layers.
         """
-        from RadFusionScreenLib import mrml
+        from RadFusionScreenLib.slicer_glue import mrml
 
         scene = self.scene
         previous = mrml.output_nodes(scene)
@@ -734,7 +734,7 @@ class RadFusionScreenLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     def _table(self, columns, name):
-        from RadFusionScreenLib.mrml import write_columns_table
+        from RadFusionScreenLib.slicer_glue.mrml import write_columns_table
 
         node = write_columns_table(columns, self.scene.AddNewNodeByClass("vtkMRMLTableNode", name))
         node.SetLocked(True)  # results, not for editing
@@ -763,7 +763,7 @@ class RadFusionScreenLogic(ScriptedLoadableModuleLogic):
 
     def showHeatmap(self, visible=True, opacity=None) -> None:
         """Show or hide the Grad-CAM overlay (foreground of the slice views)."""
-        from RadFusionScreenLib import mrml
+        from RadFusionScreenLib.slicer_glue import mrml
 
         heatmap = mrml.output_nodes(self.scene).get("heatmap")
         if heatmap is not None:  # without a result, leave the user's layers alone
@@ -859,7 +859,7 @@ class RadFusionScreenTest(ScriptedLoadableModuleTest):
         self.test_ScreenSyntheticUltrasound()
 
     def test_ScreenSyntheticUltrasound(self):
-        from RadFusionScreenLib import mrml
+        from RadFusionScreenLib.slicer_glue import mrml
         from RadFusionScreenLib.errors import InputError
         from RadFusionScreenLib.phantoms import synthetic_ultrasound
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from mrml_scene import headless_scene, slicer  # skips the module without slicer-core
 from RadFusionScreenLib.errors import MaskError
-from RadFusionScreenLib.mrml import segment_to_sitk_mask, volume_node_to_sitk, write_table_node
+from RadFusionScreenLib.slicer_glue.mrml import segment_to_sitk_mask, volume_node_to_sitk, write_table_node
 
 
 def _oblique_image() -> sitk.Image:
