@@ -122,34 +122,41 @@ def format_value(value: Any) -> str:
 
 
 # ===================================================================== screener
-class Screener:
-    """A loaded bundle with its extractors, ready to screen many cases."""
+class ModelDescription:
+    """A verified model bundle: its manifest, model card and the inputs a case needs.
 
-    def __init__(self, model: str | os.PathLike | None = None, device: str | None = None,
-                 processes: int | None = None) -> None:
-        """``processes``: worker processes for the filtered images' radiomics of 3D cases.
-        Default 1: spawned workers re-import the caller's main script, which a script without
-        ``if __name__ == "__main__":`` does not survive (nor does the Slicer application).
-        The ``radfusion`` command uses one per CPU core."""
-        from .bundle import load_bundle
+    What a model panel shows, without loading the CNN or building the extractors (the bundle's
+    files are still checked: digest, lock, pins, signature).
+    """
 
-        started = time.perf_counter()
+    def __init__(self, model: str | os.PathLike | None = None) -> None:
+        from .bundle import MODEL_CARD, load_bundle
+
         self.path = resolve_model_path(model)
         self.bundle = load_bundle(self.path)
         self.extraction = self.bundle.manifest.get("extraction") or {}
-        if "params_yaml" not in self.extraction:
-            raise InputError(f"model bundle {self.path} records no feature extraction settings "
-                             "(it was trained on a feature table): it cannot screen images")
         self.modality = str(self.extraction.get("modality", ""))
-        self._radiomic = _radiomic_extractor(self.extraction, 1 if processes is None else processes)
-        self._deep = _deep_extractor(self.extraction, device)
-        self.load_seconds = time.perf_counter() - started
+        card = self.path / MODEL_CARD
+        self.card = card.read_text(encoding="utf-8") if card.is_file() else ""
+
+    @property
+    def threshold(self) -> float:
+        return float(self.bundle.threshold)
 
     @property
     def clinical_predictors(self) -> list[str]:
         """Clinical values a case needs (the nomogram's predictors other than the scores)."""
         nomogram = self.bundle.nomogram
         return [] if nomogram is None else [p for p in nomogram.predictors if p not in SCORE_NAMES]
+
+    @property
+    def categorical_levels(self) -> dict[str, list[str]]:
+        """Allowed values of each categorical clinical predictor (the first is the reference)."""
+        nomogram = self.bundle.nomogram
+        if nomogram is None:
+            return {}
+        terms = nomogram.to_dict()["terms"]
+        return {t["name"]: [str(v) for v in t["ticks"]] for t in terms if t.get("categorical")}
 
     @property
     def site_column(self) -> str | None:
@@ -170,6 +177,25 @@ class Screener:
                 "created": manifest.get("created"), "digest": self.bundle.digest,
                 "provenance": self.bundle.provenance.describe(), "path": str(self.path),
                 "modality": self.modality, "warnings": list(self.bundle.warnings)}
+
+
+class Screener(ModelDescription):
+    """A loaded bundle with its extractors, ready to screen many cases."""
+
+    def __init__(self, model: str | os.PathLike | None = None, device: str | None = None,
+                 processes: int | None = None) -> None:
+        """``processes``: worker processes for the filtered images' radiomics of 3D cases.
+        Default 1: spawned workers re-import the caller's main script, which a script without
+        ``if __name__ == "__main__":`` does not survive (nor does the Slicer application).
+        The ``radfusion`` command uses one per CPU core."""
+        started = time.perf_counter()
+        super().__init__(model)
+        if "params_yaml" not in self.extraction:
+            raise InputError(f"model bundle {self.path} records no feature extraction settings "
+                             "(it was trained on a feature table): it cannot screen images")
+        self._radiomic = _radiomic_extractor(self.extraction, 1 if processes is None else processes)
+        self._deep = _deep_extractor(self.extraction, device)
+        self.load_seconds = time.perf_counter() - started
 
     def screen(self, image: Any, mask: Any, clinical: Mapping[str, Any] | None = None, site: str | None = None,
                label: int | None = None, geometry: Mapping[str, Any] | None = None,
@@ -242,15 +268,6 @@ class Screener:
                                  f"{self.known_sites}, got {site!r}")
             row[self.site_column] = str(site)
         return row
-
-    @property
-    def categorical_levels(self) -> dict[str, list[str]]:
-        """Allowed values of each categorical clinical predictor (the first is the reference)."""
-        nomogram = self.bundle.nomogram
-        if nomogram is None:
-            return {}
-        terms = nomogram.to_dict()["terms"]
-        return {t["name"]: [str(v) for v in t["ticks"]] for t in terms if t.get("categorical")}
 
     def _used_features(self, frame: pd.DataFrame) -> pd.DataFrame:
         stages = self.bundle.model.transform(frame)

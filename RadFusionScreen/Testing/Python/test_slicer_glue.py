@@ -18,7 +18,7 @@ import pytest
 
 import slicer_code
 from mrml_scene import headless_scene, import_module_file
-from test_module_static import MODULE_FILE, _bindings, _ui_widgets
+from test_module_static import _bindings, _ui_widgets, panel_source
 
 # Qt base classes have no header in the shared folder: the plain Qt API PythonQt exposes that the
 # module uses on them (QWidget properties, QAbstractButton / QComboBox / QLabel / QTextBrowser).
@@ -47,9 +47,9 @@ def test_every_binding_connects_through_slicers_own_gui_connector(module):
 
 
 def _ui_attribute_uses() -> dict[str, set[str]]:
-    """``self.ui.NAME.attribute`` uses in RadFusionScreen.py: NAME -> attributes."""
+    """``self.ui.NAME.attribute`` uses in the panel's files: NAME -> attributes."""
     uses: dict[str, set[str]] = {}
-    for node in ast.walk(ast.parse(MODULE_FILE.read_text())):
+    for node in ast.walk(ast.parse(panel_source())):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
                 and isinstance(node.value.value, ast.Attribute) and node.value.value.attr == "ui"):
             uses.setdefault(node.value.attr, set()).add(node.attr)

@@ -1,0 +1,277 @@
+"""The module Logic's work: screen a segmented lesion and put the results into the MRML scene.
+
+No Qt: runs in Slicer, in PythonSlicer and on slicer-core. ``RadFusionScreenLogic`` (the
+module file) is this class plus the module's parameter node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import slicer
+
+from ..errors import InputError
+from . import mrml
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # slicer-core without Slicer's i18n module
+    def _(text: str) -> str:
+        return text
+
+MODULE_DIR = Path(__file__).resolve().parents[2]  # the scripted module's folder (RadFusionScreen.py)
+
+
+def parseClinicalValues(clinical) -> dict:
+    """Clinical values as a dict, from a dict, a JSON object string, or nothing."""
+    if clinical is None or clinical == "":
+        return {}
+    if isinstance(clinical, dict):
+        return dict(clinical)
+    try:
+        values = json.loads(clinical)
+    except json.JSONDecodeError as error:
+        raise InputError(f"clinical values must be a JSON object like {{\"age\": 61}}: {error}") from None
+    if not isinstance(values, dict):
+        raise InputError("clinical values must be a JSON object like {\"age\": 61}")
+    return values
+
+
+class ScreeningLogic:
+    """Screen a segmented lesion with a model bundle and put the results into the scene.
+
+    ``scene``: the MRML scene to work on (default: ``slicer.mrmlScene``). Loaded bundles are
+    cached per (model, device), so the CNN is loaded once, not per click.
+    """
+
+    def __init__(self, scene=None) -> None:
+        self._scene = scene
+        self._screeners = {}
+        self.lastScreenSeconds = None
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else slicer.mrmlScene
+
+    # ------------------------------------------------------------ models
+    @staticmethod
+    def modelsDirectory() -> Path:
+        """Where shipped bundles live: $RADFUSION_MODELS, the installed extension's
+        Resources/models, or the source tree's models/ folder."""
+        candidates = [os.environ.get("RADFUSION_MODELS"), MODULE_DIR / "Resources" / "models",
+                      MODULE_DIR.parent / "models"]
+        for candidate in candidates:
+            if candidate and Path(candidate).is_dir():
+                return Path(candidate)
+        return MODULE_DIR.parent / "models"
+
+    def availableModels(self) -> list:
+        folder = self.modelsDirectory()
+        if not folder.is_dir():
+            return []
+        return sorted(p.resolve() for p in folder.iterdir() if (p / "manifest.json").is_file())
+
+    def resolveModelPath(self, modelPath=None) -> Path:
+        """A bundle folder: a path, a bundle name in the models folder, or (None / "") the shipped one."""
+        from ..screening import DEFAULT_MODEL, resolve_model_path
+
+        if not modelPath:
+            modelPath = DEFAULT_MODEL
+        named = self.modelsDirectory() / str(modelPath)
+        return resolve_model_path(named if not Path(modelPath).exists() and named.is_dir() else modelPath).resolve()
+
+    def getScreener(self, modelPath=None, device=None):
+        """The engine's Screener for a bundle, loaded once per (model, device)."""
+        from ..screening import Screener
+
+        device = None if device in (None, "", "auto") else device
+        key = (str(self.resolveModelPath(modelPath)), device)
+        if key not in self._screeners:
+            self._screeners[key] = Screener(key[0], device)
+        return self._screeners[key]
+
+    @staticmethod
+    def addLesionSegment(segmentationNode) -> str:
+        """An empty segment named "lesion" (AddEmptySegment's first argument is the ID); its ID."""
+        return segmentationNode.GetSegmentation().AddEmptySegment("", "lesion")
+
+    def describeModel(self, modelPath=None):
+        """The bundle's manifest, card and inputs (``screening.ModelDescription``): verified, but
+        without loading the CNN, for the model panel. Raises ``BundleError`` / ``InputError``."""
+        from ..screening import ModelDescription
+
+        return ModelDescription(self.resolveModelPath(modelPath))
+
+    @staticmethod
+    def modelSummary(description) -> str:
+        """One paragraph on a bundle (a ``ModelDescription`` or a ``Screener``)."""
+        info = description.model_info()
+        clinical = ", ".join(description.clinical_predictors) or _("none")
+        return _("{name}: {modality} images, decision threshold {threshold:.3f}, clinical values: {clinical}. "
+                 "Bundle digest {digest}; {provenance}. Research use only.").format(
+            name=info["name"], modality=info["modality"] or "?", threshold=description.threshold,
+            clinical=clinical, digest=info["digest"][:16], provenance=info["provenance"])
+
+    # ------------------------------------------------------------ screening
+    def exportCase(self, volumeNode, segmentationNode, segmentId):
+        """The volume and the segment as SimpleITK images (LPS) on the volume's voxel grid."""
+        return mrml.volume_node_to_sitk(volumeNode), mrml.segment_to_sitk_mask(segmentationNode, segmentId, volumeNode)
+
+    def screen(self, volumeNode, segmentationNode, segmentId, clinical=None, modelPath=None, device=None, site=None):
+        """Screen one lesion; results go into the scene (replacing earlier ones) and are returned.
+
+        ``clinical``: dict or JSON object string of the values the model needs. On any error
+        the scene is left as it was: the engine runs before any node is created.
+        """
+        started = time.perf_counter()
+        image, mask = self.exportCase(volumeNode, segmentationNode, segmentId)
+        screener = self.getScreener(modelPath, device)
+        result = screener.screen(image, mask, clinical=parseClinicalValues(clinical), site=site or None, heatmap=True)
+        self.writeResults(result, volumeNode, segmentationNode, segmentId, modelPath=modelPath, device=device,
+                          clinical=clinical, site=site)
+        self.lastScreenSeconds = time.perf_counter() - started
+        logging.info(f"RadFusionScreen: probability {result.probability:.4f} ({result.risk_class} risk) "
+                     f"in {self.lastScreenSeconds:.1f} s")
+        return result
+
+    def writeResults(self, result, volumeNode, segmentationNode=None, segmentId="", modelPath=None, device=None,
+                     clinical=None, site=None) -> dict:
+        """Tables, heat map and parameter-node outputs of ``result``; earlier outputs are replaced.
+
+        All or nothing: on error every node added here is removed again and the slice views
+        keep their layers.
+        """
+        scene = self.scene
+        previous = mrml.output_nodes(scene)
+        with mrml.scene_transaction(scene):
+            parameterNode = self.getParameterNode()
+            nodes = {
+                "features": self._table(featureColumns(result), "RadFusionScreen features"),
+                "nomogram": self._table(nomogramColumns(result), "RadFusionScreen nomogram"),
+            }
+            if result.heatmap is not None:
+                nodes["heatmap"] = mrml.sitk_to_volume_node(result.heatmap, f"{volumeNode.GetName()} Grad-CAM", scene)
+                opacity = parameterNode.heatmapOpacity if parameterNode.heatmapVisible else 0.0
+                mrml.show_heatmap(nodes["heatmap"], volumeNode, opacity)
+            for role, node in nodes.items():
+                node.SetAttribute(mrml.OUTPUT_ATTRIBUTE, role)
+            self._setParameters(parameterNode, result, nodes, volumeNode, segmentationNode, segmentId,
+                                modelPath, device, clinical, site)
+            for node in previous.values():
+                mrml.remove_node(scene, node)
+        return nodes
+
+    def _table(self, columns, name):
+        node = mrml.write_columns_table(columns, self.scene.AddNewNodeByClass("vtkMRMLTableNode", name))
+        node.SetLocked(True)  # results, not for editing
+        return node
+
+    def _setParameters(self, parameterNode, result, nodes, volumeNode, segmentationNode, segmentId,
+                       modelPath, device, clinical, site) -> None:
+        parameterNode.inputVolume = volumeNode
+        if segmentationNode is not None:
+            parameterNode.inputSegmentation = segmentationNode
+            parameterNode.segmentId = segmentId or ""
+        if modelPath is not None:
+            parameterNode.modelPath = str(modelPath)
+        if device is not None:
+            parameterNode.device = device
+        if clinical is not None:
+            parameterNode.clinicalValues = json.dumps(parseClinicalValues(clinical))
+        if site is not None:
+            parameterNode.site = site
+        parameterNode.featureTable = nodes["features"]
+        parameterNode.nomogramTable = nodes["nomogram"]
+        parameterNode.heatmapVolume = nodes.get("heatmap")
+        parameterNode.riskClass = result.risk_class
+        parameterNode.resultJson = json.dumps(result.to_dict())
+        parameterNode.probability = float(result.probability)  # last: observers see a complete result
+
+    def showHeatmap(self, visible=True, opacity=None) -> None:
+        """Show or hide the Grad-CAM overlay (foreground of the slice views)."""
+        heatmap = mrml.output_nodes(self.scene).get("heatmap")
+        if heatmap is not None:  # without a result, leave the user's layers alone
+            mrml.set_foreground(self.scene, heatmap if visible else None, opacity)
+
+    # ------------------------------------------------------------ background process (GUI)
+    def writeCaseFiles(self, volumeNode, segmentationNode, segmentId, folder):
+        """The case as image.nrrd / mask.nrrd (LPS, lossless) for a background engine run."""
+        import SimpleITK as sitk
+
+        image, mask = self.exportCase(volumeNode, segmentationNode, segmentId)
+        imagePath, maskPath = os.path.join(folder, "image.nrrd"), os.path.join(folder, "mask.nrrd")
+        sitk.WriteImage(image, imagePath)
+        sitk.WriteImage(mask, maskPath)
+        return imagePath, maskPath
+
+    def screenArguments(self, imagePath, maskPath, heatmapPath, modelPath=None, device=None, clinical=None,
+                        site=None) -> list:
+        """Arguments of ``python -m RadFusionScreenLib`` that screen the exported case."""
+        arguments = ["screen", str(imagePath), str(maskPath), "--json", "--heatmap", str(heatmapPath),
+                     "--model", str(self.resolveModelPath(modelPath)), "--device", device or "auto"]
+        values = parseClinicalValues(clinical)
+        if values:
+            arguments += ["--clinical", *(f"{k}={v}" for k, v in values.items())]
+        if site:
+            arguments += ["--site", str(site)]
+        return arguments
+
+    def resultFromOutput(self, stdout, heatmapPath=None):
+        """The engine's ScreenResult from the CLI's --json output and its --heatmap file."""
+        import SimpleITK as sitk
+
+        start = stdout.find("{")
+        if start < 0:
+            raise ValueError(f"the engine printed no result: {stdout[-500:]!r}")
+        heatmap = sitk.ReadImage(str(heatmapPath)) if heatmapPath and os.path.isfile(heatmapPath) else None
+        return self.resultFromDict(json.loads(stdout[start:]), heatmap)
+
+    @staticmethod
+    def resultFromDict(values, heatmap=None):
+        """A ScreenResult from ``ScreenResult.to_dict()`` output (a saved scene, the CLI)."""
+        import pandas as pd
+        from ..screening import ScreenResult
+
+        nomogram = values.get("nomogram") or {}
+        return ScreenResult(
+            probability=values["probability"], decision=values["decision"], risk_class=values["risk_class"],
+            threshold=values["threshold"], rad_score=values.get("rad_score"), deep_score=values.get("deep_score"),
+            nomogram=pd.DataFrame(nomogram.get("terms") or [], columns=["predictor", "value", "points"]),
+            nomogram_total_points=nomogram.get("total_points"),
+            nomogram_linear_predictor=nomogram.get("linear_predictor"),
+            nomogram_probability=nomogram.get("probability"),
+            features=pd.DataFrame(values.get("features") or []), heatmap=heatmap, model=values.get("model") or {},
+            timings=values.get("timings_s") or {}, warnings=list(values.get("warnings") or []),
+        )
+
+    @staticmethod
+    def writeReport(path, result, screenshotPng, description="") -> Path:
+        """Self-contained HTML report: result, nomogram, warnings and a screenshot of the views."""
+        from ..demo import html_page
+
+        path = Path(path)
+        path.write_text(html_page(description, result, screenshotPng), encoding="utf-8")
+        return path
+
+
+def featureColumns(result) -> dict:
+    """Feature table columns: name, raw, harmonised (when the model harmonises), scaled."""
+    frame = result.features
+    return {column: frame[column].tolist() for column in ("name", "raw", "harmonised", "scaled") if column in frame}
+
+
+def nomogramColumns(result) -> dict:
+    """Nomogram table: one row per predictor, then total points, linear predictor, probability."""
+    rows = [(str(r.predictor), r.value, float(r.points)) for r in result.nomogram.itertuples()]
+    nan = float("nan")
+    if result.nomogram_total_points is not None:
+        rows += [("total points", "", result.nomogram_total_points),
+                 ("linear predictor", result.nomogram_linear_predictor, nan),
+                 ("probability", result.nomogram_probability, nan)]
+    return {"predictor": [r[0] for r in rows], "value": [r[1] for r in rows], "points": [r[2] for r in rows]}
+
+
