@@ -21,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 import slicer
+import slicer.packaging  # Slicer 5.12: pip_ensure, load_requirements
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

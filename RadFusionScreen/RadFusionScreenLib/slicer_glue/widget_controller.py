@@ -18,7 +18,7 @@ import ctk
 import qt
 import slicer
 
-from . import dicom_loading, segment_editor
+from . import segment_editor
 from .engine_process import EngineProcess, pythonExecutable
 from .packages import PackagesMissing, ensurePackages, missingPackages
 from .scene_logic import MODULE_DIR, _, parseClinicalValues
@@ -73,8 +73,10 @@ class WidgetController:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Select a DICOM folder"))
         if not folder:
             return
+        from .dicom_loading import loadDicomFolder
+
         with slicer.util.tryWithErrorDisplay(_("Loading the DICOM folder failed."), waitCursor=True):
-            report = dicom_loading.loadDicomFolder(folder)
+            report = loadDicomFolder(folder)
             self.useLoadedDicom(report)
 
     def useLoadedDicom(self, report) -> None:

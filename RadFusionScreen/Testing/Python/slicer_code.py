@@ -96,6 +96,8 @@ def install() -> types.ModuleType:
     if not hasattr(slicer, "app"):  # the compiled qSlicerApplication
         slicer.app = slicer.qSlicerApplication() if isinstance(getattr(slicer, "qSlicerApplication", None), type) \
             else _PlaceholderMeta("qSlicerApplication", (Placeholder,), {})()
+        # An untranslated application: QCoreApplication::translate returns the source text.
+        slicer.app.__dict__["translate"] = lambda context, text, *args: text
     shared = str(SLICER_PYTHON / "slicer")
     if shared not in slicer.__path__:
         slicer.__path__.append(shared)

@@ -1,0 +1,261 @@
+"""The Analyze process as Slicer runs it: the command the panel builds, started through a
+launcher (like ``PythonSlicer``, a CTK launcher whose child is ``python-real``), from another
+working directory, with the module folder on PYTHONPATH; JSON on stdout, the error's last line
+on stderr, exit codes; Cancel ends the whole tree; a start failure ends the busy state.
+
+Stand-ins: Qt's compiled ``QProcess`` is :mod:`fake_qprocess` (it really runs the processes);
+the ``.ui`` widgets are Slicer-code placeholders (:mod:`slicer_code`). The controller, the
+engine process wrapper, the Logic, the parameter node and the scene are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import fake_qprocess
+import slicer_code
+from mrml_scene import headless_scene, import_module_file, slicer  # skips without slicer-core
+
+TREE_SCRIPT = textwrap.dedent("""
+    import multiprocessing, sys, time
+    def work():
+        time.sleep(120)
+    if __name__ == "__main__":
+        multiprocessing.set_start_method("spawn")
+        workers = [multiprocessing.Process(target=work) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        print("workers started", flush=True)
+        time.sleep(120)
+""")
+
+
+@pytest.fixture()
+def qt_process(monkeypatch):
+    """Qt's QProcess / QProcessEnvironment replaced by the subprocess-backed stand-in."""
+    slicer_code.install()
+    import qt
+
+    monkeypatch.setattr(qt, "QProcess", fake_qprocess.QProcess, raising=False)
+    monkeypatch.setattr(qt, "QProcessEnvironment", fake_qprocess.QProcessEnvironment, raising=False)
+    fake_qprocess.QProcess.started.clear()
+    return fake_qprocess.QProcess
+
+
+@pytest.fixture()
+def launcher(tmp_path) -> Path:
+    """An executable that starts the real interpreter as its child and waits for it, as
+    PythonSlicer does (so killing only the launcher would leave the interpreter running)."""
+    path = tmp_path / "PythonSlicer"
+    path.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                    "sys.exit(subprocess.call([sys.executable, *sys.argv[1:]]))\n")
+    path.chmod(0o755)
+    return path
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _wait_for_tree(pid: int, size: int, timeout: float = 60.0) -> list[psutil.Process]:
+    """The tree once it has at least ``size`` processes and stopped growing for a second
+    (multiprocessing may add its resource tracker)."""
+    deadline = time.monotonic() + timeout
+    tree, stable_since = [], None
+    while time.monotonic() < deadline:
+        current = _alive(_tree(pid))
+        if len(current) != len(tree):
+            tree, stable_since = current, time.monotonic()
+        elif len(tree) >= size and time.monotonic() - stable_since > 1.0:
+            return tree
+        time.sleep(0.1)
+    raise AssertionError(f"the process tree of {pid} did not reach {size} processes")
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_killing_only_the_launcher_leaves_the_interpreter_and_workers_running(qt_process, launcher, tmp_path):
+    """What Cancel did before: QProcess.kill() on PythonSlicer. The rest of the tree survives."""
+    script = tmp_path / "tree.py"
+    script.write_text(TREE_SCRIPT)
+    process = qt_process()
+    process.start(str(launcher), [str(script)])
+    tree = _wait_for_tree(process.processId(), 4)  # launcher, interpreter, two workers (+ tracker)
+    try:
+        process.kill()
+        process.waitForFinished(5000)
+        time.sleep(0.5)
+        survivors = _alive(tree)
+        assert survivors == tree[1:], f"expected all but the launcher left running, got {survivors}"
+    finally:
+        from RadFusionScreenLib.slicer_glue.engine_process import killProcessTree
+
+        for survivor in _alive(tree):
+            killProcessTree(survivor.pid)
+
+
+def test_cancel_ends_launcher_interpreter_and_workers(qt_process, launcher, tmp_path):
+    from RadFusionScreenLib.slicer_glue.engine_process import EngineProcess
+
+    script = tmp_path / "tree.py"
+    script.write_text(TREE_SCRIPT)
+    runs = []
+    engine = EngineProcess(runs.append)
+    engine.start(str(launcher), [str(script)], workingDirectory=str(tmp_path))
+    process = qt_process.started[-1]
+    tree = _wait_for_tree(process.processId(), 4)
+    before = len(_alive(tree))
+    engine.cancel()
+    time.sleep(0.2)
+    after = len(_alive(tree))
+    print(f"cancel: {before} processes before, {after} after")
+    assert before >= 4 and after == 0
+    assert len(runs) == 1 and runs[0].cancelled and not engine.running
+    process.pump()  # Qt would deliver nothing more: the signals are disconnected
+    assert len(runs) == 1
+
+
+@pytest.fixture()
+def panel(qt_process, monkeypatch):
+    """The real controller on a headless scene, its parameter node, and recorded message boxes."""
+    module = import_module_file()
+    from RadFusionScreenLib.slicer_glue import widget_controller
+
+    shown = []
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: shown.append(text), raising=False)
+    with headless_scene() as scene:
+        logic = module.RadFusionScreenLogic(scene)
+        ui = type("UI", (), {})()
+        for name in slicer_code_ui_names():
+            setattr(ui, name, slicer_code.Placeholder())
+        resources = Path(module.__file__).parent / "Resources"
+        controller = widget_controller.WidgetController(ui, logic, lambda name: str(resources / name))
+        controller.parameterNode = logic.getParameterNode()
+        yield controller, logic, scene, shown
+
+
+def slicer_code_ui_names() -> list[str]:
+    from test_module_static import _ui_widgets
+
+    return list(_ui_widgets())
+
+
+def _case(scene):
+    from RadFusionScreenLib.phantoms import synthetic_ultrasound
+    from RadFusionScreenLib.slicer_glue import mrml
+
+    image, mask = synthetic_ultrasound()
+    volume = mrml.sitk_to_volume_node(image, "synthetic ultrasound", scene)
+    label = mrml.sitk_to_volume_node(mask, "lesion", scene, class_name="vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesion")
+    assert slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(label, segmentation)
+    mrml.remove_node(scene, label)
+    return volume, segmentation, segmentation.GetSegmentation().GetNthSegmentID(0)
+
+
+def test_analyze_runs_the_engine_as_slicer_does_and_fills_the_scene(panel, launcher, monkeypatch):
+    from RadFusionScreenLib.slicer_glue import widget_controller
+    from RadFusionScreenLib.slicer_glue.scene_logic import MODULE_DIR
+
+    controller, logic, scene, shown = panel
+    monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
+    volume, segmentation, segment_id = _case(scene)
+    node = controller.parameterNode
+    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
+    expected = logic.getScreener().screen(*logic.exportCase(volume, segmentation, segment_id)).probability
+
+    controller.onAnalyze()
+    process = fake_qprocess.QProcess.started[-1]
+    assert controller.engine.running and not controller.ui.analyzeButton.enabled
+    job_folder = process.workingDirectory
+    assert process.program == str(launcher) and process.arguments[:3] == ["-m", "RadFusionScreenLib", "screen"]
+    assert "--json" in process.arguments and Path(job_folder) != Path.cwd()
+    assert process.environment.value("PYTHONPATH").split(os.pathsep)[0] == str(MODULE_DIR)
+    fake_qprocess.run_until_finished(process)
+
+    assert not shown, shown
+    assert not controller.engine.running and controller.ui.progressBar.visible is False
+    assert node.probability == pytest.approx(expected, abs=1e-9)
+    assert json.loads(node.resultJson)["probability"] == node.probability
+    assert node.heatmapVolume is not None and node.featureTable.GetNumberOfRows() > 0
+    assert not Path(job_folder).exists(), "the job's temporary files are removed"
+    assert str(controller.ui.statusLabel.text).startswith("Done in")
+
+
+def test_an_engine_error_shows_its_last_line_and_changes_nothing(panel, launcher, monkeypatch):
+    from RadFusionScreenLib.slicer_glue import widget_controller
+
+    controller, logic, scene, shown = panel
+    monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
+    volume, segmentation, segment_id = _case(scene)
+    node = controller.parameterNode
+    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
+    node.modelPath = str(Path(controller.resourcePath("requirements.txt")).parent)  # not a bundle
+    count = scene.GetNumberOfNodes()
+    controller.onAnalyze()
+    fake_qprocess.run_until_finished(fake_qprocess.QProcess.started[-1])
+    assert len(shown) == 1 and "is not a model bundle" in shown[0], shown
+    assert "is not a model bundle" in str(controller.ui.statusLabel.text)
+    assert scene.GetNumberOfNodes() == count and node.probability == -1.0
+    assert not controller.engine.running and controller.ui.progressBar.visible is False
+
+
+def test_a_process_that_cannot_start_ends_the_busy_state(panel, tmp_path, monkeypatch):
+    from RadFusionScreenLib.slicer_glue import widget_controller
+
+    controller, logic, scene, shown = panel
+    monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(tmp_path / "no-such-PythonSlicer"))
+    volume, segmentation, segment_id = _case(scene)
+    node = controller.parameterNode
+    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
+    controller.onAnalyze()
+    process = fake_qprocess.QProcess.started[-1]
+    job_folder = process.workingDirectory
+    assert controller.engine.running
+    fake_qprocess.run_until_finished(process)
+    assert not controller.engine.running, "the busy state must end when the process cannot start"
+    assert controller.ui.progressBar.visible is False and controller.ui.analyzeButton.enabled
+    assert len(shown) == 1 and "could not be started" in shown[0]
+    assert not Path(job_folder).exists()
+
+
+def test_cancel_from_the_panel_ends_the_run_and_says_so(panel, launcher, monkeypatch, tmp_path):
+    from RadFusionScreenLib.slicer_glue import widget_controller
+
+    controller, logic, scene, shown = panel
+    script = tmp_path / "tree.py"
+    script.write_text(TREE_SCRIPT)
+    monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
+    monkeypatch.setattr(logic, "screenArguments", lambda *args, **kwargs: [])  # -m RadFusionScreenLib: waits
+    monkeypatch.setattr(controller.engine, "start", _start_script(controller.engine.start, script))
+    volume, segmentation, segment_id = _case(scene)
+    node = controller.parameterNode
+    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
+    controller.onAnalyze()
+    process = fake_qprocess.QProcess.started[-1]
+    tree = _wait_for_tree(process.processId(), 4)
+    controller.onCancel()
+    time.sleep(0.2)
+    assert not _alive(tree)
+    assert str(controller.ui.statusLabel.text) == "Analysis cancelled." and not shown
+    assert not controller.engine.running and node.probability == -1.0
+
+
+def _start_script(start, script):
+    def started(program, arguments, **kwargs):
+        return start(program, [str(script)], **kwargs)
+    return started
