@@ -19,6 +19,7 @@ import qt
 import slicer
 
 from . import segment_editor
+from .dicom_loading import loadDicomFolder
 from .engine_process import EngineProcess, pythonExecutable
 from .packages import PackagesMissing, ensurePackages, missingPackages
 from .scene_logic import MODULE_DIR, _, parseClinicalValues
@@ -73,29 +74,23 @@ class WidgetController:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Select a DICOM folder"))
         if not folder:
             return
-        from .dicom_loading import loadDicomFolder
-
         with slicer.util.tryWithErrorDisplay(_("Loading the DICOM folder failed."), waitCursor=True):
             report = loadDicomFolder(folder)
             self.useLoadedDicom(report)
 
     def useLoadedDicom(self, report) -> None:
-        """Select the first loaded volume (and a segmentation on it) and say what happened."""
-        scene = slicer.mrmlScene
-        volumes = [scene.GetNodeByID(i) for i in report.volumeNodeIds]
-        segmentations = [scene.GetNodeByID(i) for i in report.segmentationNodeIds]
-        volumes = [v for v in volumes if v is not None]
-        if not volumes:
-            raise ValueError(_("The folder holds no image series that Slicer loads as a scalar volume.") + "\n"
-                             + report.summary())
-        self.parameterNode.inputVolume = volumes[0]
-        segmentations = [s for s in segmentations if s is not None]
-        if segmentations:
-            self.parameterNode.inputSegmentation = segmentations[0]
-            self.parameterNode.segmentId = segmentations[0].GetSegmentation().GetNthSegmentID(0) or ""
-        slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
-        self.ui.statusLabel.text = report.summary()
-        if report.problems:
+        """Select the loaded volume (and the segmentation on it) and say what happened."""
+        volume, segmentation = report.choose_inputs(slicer.mrmlScene)
+        if volume is None:
+            raise ValueError(_("The folder holds no image series that Slicer loads as a scalar volume.")
+                             + "\n\n" + report.summary())
+        self.parameterNode.inputVolume = volume
+        if segmentation is not None:
+            self.parameterNode.inputSegmentation = segmentation
+            self.parameterNode.segmentId = segmentation.GetSegmentation().GetNthSegmentID(0) or ""
+        slicer.util.setSliceViewerLayers(background=volume, fit=True)
+        self.ui.statusLabel.text = report.headline()
+        if report.needs_attention:  # problems, or a SEG / RTSTRUCT loaded by the engine's reader
             slicer.util.warningDisplay(report.summary(), windowTitle=_("RadFusionScreen: DICOM folder"))
 
     def onEditRoi(self) -> None:

@@ -122,3 +122,53 @@ def test_cmake_builds_every_script_and_resource_with_tests():
         assert resource in cmake or listed in cmake, f"{resource} is not listed in CMakeLists.txt"
     assert "../models" in cmake, "the shipped model bundles must travel with the module"
     assert "${MODULE_NAME}Lib/keys/*.pub" in cmake and "${MODULE_NAME}Lib/keys/*.json" in cmake, "bundle trust files"
+
+
+def test_the_panel_opens_before_the_engine_packages_are_installed():
+    """The module file, the widget controller and everything they import at module level need
+    only the standard library, Slicer itself and packages Slicer 5.12 bundles: the install offer
+    comes at Analyze, so a fresh Slicer (no torch, pandas, pyradiomics) must still open the panel."""
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"numpy", "SimpleITK", "pydicom", "packaging", "vtk", "slicer", "qt",
+                                              "ctk", "RadFusionScreenLib"}
+    engine = MODULE_DIR / "RadFusionScreenLib"
+    queue, seen, offending = [MODULE_FILE, GLUE_DIR / "widget_controller.py"], set(), []
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        package = path.parent
+        for node in ast.parse(path.read_text()).body:  # module level only: function bodies import lazily
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.parent
+                target = base.joinpath(*(node.module or "").split(".")) if node.module else base
+                candidates = [target.with_suffix(".py"), target / "__init__.py"]
+                candidates += [target / f"{a.name}.py" for a in node.names]
+                queue += [c for c in candidates if c.is_file()]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                for name in names:
+                    top = name.split(".")[0]
+                    if top not in allowed:
+                        offending.append(f"{path.relative_to(MODULE_DIR)}: {name}")
+                    if top == "RadFusionScreenLib":
+                        queue.append(engine.joinpath(*name.split(".")[1:]).with_suffix(".py"))
+    assert len(seen) >= 6, f"the walk found too few files: {sorted(p.name for p in seen)}"
+    assert not offending, f"imports that need the engine's packages before they are installed: {offending}"
+
+
+def test_extension_metadata_is_true():
+    """Slicer 5.12, the PyTorch extension, and no link to a repository that does not exist:
+    every metadata path is a file of this repository (the screenshot included)."""
+    cmake = (MODULE_DIR.parent / "CMakeLists.txt").read_text()
+    metadata = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', cmake))
+    assert metadata["EXTENSION_DEPENDS"] == "PyTorch"
+    assert "Slicer 5.12" in metadata["EXTENSION_DESCRIPTION"]
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for value in metadata[key].split():
+            assert "://" not in value, f"{key} points outside this repository: {value}"
+            assert (MODULE_DIR.parent / value).is_file(), f"{key}: {value} does not exist"

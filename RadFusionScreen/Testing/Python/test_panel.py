@@ -129,11 +129,31 @@ def test_cancel_ends_launcher_interpreter_and_workers(qt_process, launcher, tmp_
     assert len(runs) == 1
 
 
+class FormLayout:
+    """Stand-in for the compiled QFormLayout of the clinical-value form: its rows, in order."""
+
+    def __init__(self, parent=None) -> None:
+        self.rows = []
+
+    def rowCount(self) -> int:
+        return len(self.rows)
+
+    def removeRow(self, row: int) -> None:
+        del self.rows[row]
+
+    def addRow(self, label, editor) -> None:
+        self.rows.append((label, editor))
+
+
 @pytest.fixture()
 def panel(qt_process, monkeypatch):
     """The real controller on a headless scene, its parameter node, and recorded message boxes."""
     module = import_module_file()
+    import qt
+
     from RadFusionScreenLib.slicer_glue import widget_controller
+
+    monkeypatch.setattr(qt, "QFormLayout", FormLayout, raising=False)
 
     shown = []
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: shown.append(text), raising=False)
@@ -259,3 +279,51 @@ def _start_script(start, script):
     def started(program, arguments, **kwargs):
         return start(program, [str(script)], **kwargs)
     return started
+
+
+def test_model_panel_reads_the_bundle_without_loading_the_cnn(panel, monkeypatch):
+    from RadFusionScreenLib import screening
+
+    controller, logic, scene, shown = panel
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("the model panel loaded the CNN")
+
+    monkeypatch.setattr(screening, "_deep_extractor", no_cnn)
+    monkeypatch.setattr(screening, "_radiomic_extractor", no_cnn)
+    path = logic.availableModels()[0]
+    controller.showModel(str(path))
+    summary = str(controller.ui.modelSummaryLabel.text)
+    assert summary.startswith(f"{path.name}:") and "Bundle digest" in summary, summary
+    (card,), _ = controller.ui.modelCardBrowser.setMarkdown.calls[-1]
+    assert card == (path / "README.md").read_text(encoding="utf-8")
+
+
+def test_model_panel_without_packages_says_so_and_installs_nothing(panel, monkeypatch):
+    from RadFusionScreenLib.slicer_glue import widget_controller
+
+    controller, logic, scene, shown = panel
+
+    def install(*args, **kwargs):
+        raise AssertionError("showing a model must not install packages (it runs in setup())")
+
+    monkeypatch.setattr(widget_controller, "missingPackages", lambda path: ["torch>=2.2", "lightgbm>=4.0"])
+    monkeypatch.setattr(widget_controller, "ensurePackages", install)
+    controller.showModel(str(logic.availableModels()[0]))
+    summary = str(controller.ui.modelSummaryLabel.text)
+    assert "not installed yet" in summary and "torch>=2.2" in summary, summary
+
+
+def test_model_panel_is_rebuilt_after_the_install(panel, monkeypatch):
+    from RadFusionScreenLib.slicer_glue import widget_controller
+
+    controller, logic, scene, shown = panel
+    missing = [["torch>=2.2"]]
+    monkeypatch.setattr(widget_controller, "missingPackages", lambda path: missing[-1])
+    monkeypatch.setattr(widget_controller, "ensurePackages", lambda *args: missing.append([]))
+    controller.ui.modelComboBox.findData = lambda data: 0  # the combo box lists the shipped bundle
+    controller.parameterNode.modelPath = str(logic.availableModels()[0])
+    controller.selectModel(controller.parameterNode.modelPath)
+    assert "not installed yet" in str(controller.ui.modelSummaryLabel.text)
+    assert controller.installPackages()
+    assert "Bundle digest" in str(controller.ui.modelSummaryLabel.text), "the panel must show the model now"
