@@ -261,6 +261,21 @@ def test_module_self_test_runs_headless(module):
         test.runTest()
 
 
+def test_module_self_test_installs_nothing_and_says_why_it_skips(module, monkeypatch):
+    """In a ctest run (testing mode) the engine's packages are not installed for the self-test:
+    it says so and screens nothing, instead of failing on an import or pip-installing torch."""
+    from RadFusionScreenLib.slicer_glue import packages
+
+    monkeypatch.setattr(packages, "missingPackages", lambda path: ["torch>=2.2"])
+    with headless_scene() as scene:
+        test = module.RadFusionScreenTest()
+        messages = []
+        monkeypatch.setattr(test, "delayDisplay", messages.append)
+        test.runTest()
+        assert messages == ["Skipped: the engine's Python packages are not installed (torch>=2.2)"]
+        assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
+
+
 # =============================================================================== CT
 @pytest.mark.slow
 def test_ct_dicom_series_with_a_ct_bundle(module, ct_bundle):
