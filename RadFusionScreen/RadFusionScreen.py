@@ -130,7 +130,7 @@ class RadFusionScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         if self.controller is not None:
-            self.controller.onCancel()
+            self.controller.shutdown()
         self.removeObservers()
 
     def enter(self) -> None:

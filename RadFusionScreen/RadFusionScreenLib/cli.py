@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract_command(commands)
     _add_train_command(commands)
     _add_screen_command(commands)
+    _add_serve_command(commands)
     _add_demo_command(commands)
     _add_bundle_command(commands)
     return parser
@@ -154,6 +155,18 @@ def _add_screen_command(commands) -> None:
     parser.set_defaults(run=run_screen)
 
 
+def _add_serve_command(commands) -> None:
+    parser = commands.add_parser(
+        "serve", help="a warm engine: screen cases sent as JSON lines on stdin (the Slicer module's Analyze)",
+        description="Keeps model bundles loaded. Each stdin line {\"id\": N, \"arguments\": [\"screen\", IMAGE, "
+        "MASK, ...]} (a screen command line) is answered on stdout by {\"id\": N, \"exit_code\": ..., \"stdout\": ..., "
+        "\"stderr\": ...}; {\"command\": \"stop\"} or the end of stdin ends it.",
+    )
+    parser.add_argument("--model", help="bundle to load before the first request")
+    parser.add_argument("--device", default="auto", help="CNN device of that bundle: auto, cpu or cuda")
+    parser.set_defaults(run=run_serve)
+
+
 def _add_demo_command(commands) -> None:
     parser = commands.add_parser("demo", help="screen an example case with the shipped model: summary, overlay PNG, HTML")
     parser.add_argument("-o", "--output", default="demo_output", help="folder for the demo's files (default demo_output)")
@@ -265,7 +278,9 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_screen(args: argparse.Namespace) -> int:
+def run_screen(args: argparse.Namespace, screener=None) -> int:
+    """``screener(model, device)``: where the Screener comes from (default: loaded here; the
+    warm engine passes its cache)."""
     import json
 
     import os
@@ -274,20 +289,22 @@ def run_screen(args: argparse.Namespace) -> int:
 
     device = None if args.device == "auto" else args.device
     processes = os.cpu_count() or 1  # safe here: the console script's main module is guarded
+    if screener is None:
+        def screener(model, device):
+            return Screener(model, device, processes)
     if len(args.inputs) == 1:
         if not args.output:
             raise RadFusionError("a manifest needs -o PREDICTIONS.csv (or give IMAGE MASK to screen one case)")
         from .screening import screen_manifest
 
-        table = screen_manifest(args.inputs[0], args.output, Screener(args.model, device, processes), segment=args.segment)
+        table = screen_manifest(args.inputs[0], args.output, screener(args.model, device), segment=args.segment)
         failed = int((table["error"] != "").sum())
         print(f"{len(table) - failed} of {len(table)} cases screened -> {args.output}", file=sys.stderr)
         return 0
     if len(args.inputs) != 2:
         raise RadFusionError("give IMAGE MASK (one case) or MANIFEST.csv -o PREDICTIONS.csv")
     clinical = _key_values(args.clinical)
-    screener = Screener(args.model, device, processes)
-    result = screener.screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site, label=args.label,
+    result = screener(args.model, device).screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site, label=args.label,
                              heatmap=True, segment=args.segment)
     if args.heatmap and result.heatmap is not None:
         from .screening import write_image_atomic
@@ -295,6 +312,12 @@ def run_screen(args: argparse.Namespace) -> int:
         write_image_atomic(result.heatmap, args.heatmap)
     print(json.dumps(result.to_dict(), indent=2, allow_nan=False) if args.json else result.summary_text())
     return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .engine_server import main as serve
+
+    return serve(args.model, None if args.device == "auto" else args.device)
 
 
 def _key_values(items: list[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ import slicer
 
 from . import segment_editor
 from .dicom_loading import loadDicomFolder
-from .engine_process import EngineProcess, pythonExecutable
+from .engine_process import EngineServer, pythonExecutable
 from .packages import PackagesMissing, ensurePackages, missingPackages
 from .scene_logic import MODULE_DIR, _, parseClinicalValues
 
@@ -35,7 +35,7 @@ class WidgetController:
         self.logic = logic
         self.resourcePath = resourcePath
         self.parameterNode = None
-        self.engine = EngineProcess(self._onEngineFinished, self._onEngineOutput)
+        self.engine = EngineServer(self._onEngineFinished, self._onEngineOutput)
         self._job = None
         self._clinicalEditors = {}
         self._packagesError = None  # why the engine's packages are missing, once offered
@@ -54,7 +54,7 @@ class WidgetController:
         if node.segmentId and self.ui.segmentSelector.currentSegmentID() != node.segmentId:
             self.ui.segmentSelector.setCurrentSegmentID(node.segmentId)
         self.ui.editRoiButton.enabled = node.inputVolume is not None
-        running = self.engine.running
+        running = self.engine.busy
         ready = bool(node.inputVolume and node.inputSegmentation and node.segmentId)
         self.ui.analyzeButton.enabled = ready and not running
         self.ui.analyzeButton.toolTip = _("Screen the selected lesion") if ready else _("Select a volume and a segment")
@@ -213,7 +213,7 @@ class WidgetController:
     def onAnalyze(self) -> None:
         """Export the case, then screen it in a background process (the GUI stays responsive)."""
         node = self.parameterNode
-        if self.engine.running:
+        if self.engine.busy:
             return
         formWasEmpty = not self._clinicalEditors
         if not self.installPackages():
@@ -241,10 +241,22 @@ class WidgetController:
         self.ui.progressBar.visible = True
         self._showElapsed()
         self._timer.start()
-        # The module folder on the path: the engine is imported from the extension, not installed.
-        self.engine.start(pythonExecutable(), ["-m", "RadFusionScreenLib", *arguments],
-                          pythonPath=str(MODULE_DIR), workingDirectory=folder)
+        self.startEngine(node.modelPath, node.device)
+        self.engine.request(arguments)
         self.updateGui()
+
+    def startEngine(self, modelPath="", device="auto") -> None:
+        """Start the warm engine (it loads the model once), unless it runs already. The module
+        folder is put on its path: the engine is imported from the extension, not installed."""
+        if not self.engine.alive:
+            model = str(self.logic.resolveModelPath(modelPath))
+            self.engine.start(pythonExecutable(), ["-m", "RadFusionScreenLib", "serve", "--model", model,
+                                                   "--device", device or "auto"],
+                              pythonPath=str(MODULE_DIR), workingDirectory=tempfile.gettempdir())
+
+    def shutdown(self) -> None:
+        """End the engine (the module is cleaned up or Slicer closes)."""
+        self.engine.stop()
 
     def onCancel(self) -> None:
         self.engine.cancel()

@@ -2,8 +2,8 @@
 program with :mod:`subprocess`, for tests of the module's background engine run.
 
 Only what the module uses is there: string-signal ``connect`` / ``disconnect`` as PythonQt
-spells them, ``start``, ``processId``, ``kill``, ``waitForFinished``, ``readAll*``,
-``errorString``. Qt delivers signals from its event loop; here the test calls :meth:`pump`
+spells them, ``start``, ``write`` (stdin), ``processId``, ``kill``, ``waitForFinished``,
+``readAll*``, ``errorString``. Qt delivers signals from its event loop; here the test calls :meth:`pump`
 (or :func:`run_until_finished`), which emits ``readyRead*``, ``errorOccurred`` and
 ``finished`` the way Qt does: a program that cannot start emits ``errorOccurred(FailedToStart)``
 and never ``finished``; a process ended by a signal finishes with ``CrashExit`` (1).
@@ -31,6 +31,16 @@ class QProcessEnvironment:
 
     def value(self, name: str, default: str = "") -> str:
         return self.values.get(name, default)
+
+
+class QByteArray:
+    """Stand-in for Qt's QByteArray: bytes with ``data()``."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._data = bytes(data)
+
+    def data(self) -> bytes:
+        return self._data
 
 
 class _Bytes:
@@ -77,8 +87,8 @@ class QProcess:
         QProcess.started.append(self)
         try:
             self.popen = subprocess.Popen([program, *arguments], cwd=self.workingDirectory or None,
-                                          env=self.environment.values, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE)
+                                          env=self.environment.values, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as error:
             self._error = str(error)
             self._pending_start_error = True
@@ -87,6 +97,18 @@ class QProcess:
             reader = threading.Thread(target=self._drain, args=(name, stream), daemon=True)
             reader.start()
             self._readers.append(reader)
+
+    def write(self, data) -> int:
+        """Write to the process's stdin (nothing happens when it did not start, as in Qt)."""
+        payload = data.data() if hasattr(data, "data") else bytes(data)
+        if self.popen is None or self.popen.poll() is not None:
+            return -1
+        try:
+            self.popen.stdin.write(payload)
+            self.popen.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return -1
+        return len(payload)
 
     def processId(self) -> int:
         return self.popen.pid if self.popen is not None else 0
@@ -167,9 +189,14 @@ class QProcess:
 
 def run_until_finished(process: QProcess, timeout: float = 120.0) -> None:
     """Pump ``process`` until it is over; fails the test after ``timeout`` seconds."""
+    run_until(process, lambda: False, timeout)
+
+
+def run_until(process: QProcess, condition, timeout: float = 120.0) -> None:
+    """Pump ``process`` until ``condition()`` holds or the process is over."""
     deadline = time.monotonic() + timeout
-    while not process.pump():
+    while not process.pump() and not condition():
         if time.monotonic() > deadline:
             process.kill()
-            raise AssertionError(f"the process did not finish within {timeout} s: {process.arguments}")
+            raise AssertionError(f"nothing happened within {timeout} s: {process.arguments}")
         time.sleep(0.05)

@@ -46,6 +46,7 @@ def qt_process(monkeypatch):
 
     monkeypatch.setattr(qt, "QProcess", fake_qprocess.QProcess, raising=False)
     monkeypatch.setattr(qt, "QProcessEnvironment", fake_qprocess.QProcessEnvironment, raising=False)
+    monkeypatch.setattr(qt, "QByteArray", fake_qprocess.QByteArray, raising=False)
     fake_qprocess.QProcess.started.clear()
     return fake_qprocess.QProcess
 
@@ -109,13 +110,14 @@ def test_killing_only_the_launcher_leaves_the_interpreter_and_workers_running(qt
 
 
 def test_cancel_ends_launcher_interpreter_and_workers(qt_process, launcher, tmp_path):
-    from RadFusionScreenLib.slicer_glue.engine_process import EngineProcess
+    from RadFusionScreenLib.slicer_glue.engine_process import EngineServer
 
     script = tmp_path / "tree.py"
     script.write_text(TREE_SCRIPT)
     runs = []
-    engine = EngineProcess(runs.append)
+    engine = EngineServer(runs.append)
     engine.start(str(launcher), [str(script)], workingDirectory=str(tmp_path))
+    engine.request(["screen", "image.nrrd", "mask.nrrd", "--json"])
     process = qt_process.started[-1]
     tree = _wait_for_tree(process.processId(), 4)
     before = len(_alive(tree))
@@ -124,7 +126,7 @@ def test_cancel_ends_launcher_interpreter_and_workers(qt_process, launcher, tmp_
     after = len(_alive(tree))
     print(f"cancel: {before} processes before, {after} after")
     assert before >= 4 and after == 0
-    assert len(runs) == 1 and runs[0].cancelled and not engine.running
+    assert len(runs) == 1 and runs[0].cancelled and not engine.busy and not engine.alive
     process.pump()  # Qt would deliver nothing more: the signals are disconnected
     assert len(runs) == 1
 
@@ -187,33 +189,52 @@ def _case(scene):
     return volume, segmentation, segmentation.GetSegmentation().GetNthSegmentID(0)
 
 
-def test_analyze_runs_the_engine_as_slicer_does_and_fills_the_scene(panel, launcher, monkeypatch):
+def _select(controller, scene):
+    node = controller.parameterNode
+    node.inputVolume, node.inputSegmentation, node.segmentId = _case(scene)
+    return node
+
+
+def _analyze(controller) -> fake_qprocess.QProcess:
+    """Click Analyze and let Qt's event loop run until the request is answered."""
+    controller.onAnalyze()
+    process = fake_qprocess.QProcess.started[-1]
+    fake_qprocess.run_until(process, lambda: not controller.engine.busy)
+    return process
+
+
+def test_analyze_runs_the_warm_engine_as_slicer_does_and_fills_the_scene(panel, launcher, monkeypatch):
     from RadFusionScreenLib.slicer_glue import widget_controller
     from RadFusionScreenLib.slicer_glue.scene_logic import MODULE_DIR
 
     controller, logic, scene, shown = panel
     monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
-    volume, segmentation, segment_id = _case(scene)
-    node = controller.parameterNode
-    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
-    expected = logic.getScreener().screen(*logic.exportCase(volume, segmentation, segment_id)).probability
+    node = _select(controller, scene)
+    expected = logic.getScreener().screen(*logic.exportCase(node.inputVolume, node.inputSegmentation,
+                                                            node.segmentId)).probability
 
     controller.onAnalyze()
     process = fake_qprocess.QProcess.started[-1]
-    assert controller.engine.running and not controller.ui.analyzeButton.enabled
-    job_folder = process.workingDirectory
-    assert process.program == str(launcher) and process.arguments[:3] == ["-m", "RadFusionScreenLib", "screen"]
-    assert "--json" in process.arguments and Path(job_folder) != Path.cwd()
+    assert controller.engine.busy and not controller.ui.analyzeButton.enabled and controller.ui.cancelButton.enabled
+    assert process.program == str(launcher) and process.arguments[:3] == ["-m", "RadFusionScreenLib", "serve"]
+    assert process.arguments[process.arguments.index("--model") + 1] == str(logic.resolveModelPath(""))
+    assert Path(process.workingDirectory) != Path.cwd()
     assert process.environment.value("PYTHONPATH").split(os.pathsep)[0] == str(MODULE_DIR)
-    fake_qprocess.run_until_finished(process)
+    fake_qprocess.run_until(process, lambda: not controller.engine.busy)
 
     assert not shown, shown
-    assert not controller.engine.running and controller.ui.progressBar.visible is False
+    assert controller.engine.alive, "the engine stays up, warm, for the next click"
+    assert controller.ui.progressBar.visible is False and str(controller.ui.statusLabel.text).startswith("Done in")
     assert node.probability == pytest.approx(expected, abs=1e-9)
     assert json.loads(node.resultJson)["probability"] == node.probability
     assert node.heatmapVolume is not None and node.featureTable.GetNumberOfRows() > 0
-    assert not Path(job_folder).exists(), "the job's temporary files are removed"
-    assert str(controller.ui.statusLabel.text).startswith("Done in")
+
+    count = scene.GetNumberOfNodes()
+    _analyze(controller)  # the second click: same engine process, outputs replaced
+    assert len(fake_qprocess.QProcess.started) == 1, "a later Analyze must reuse the warm engine"
+    assert node.probability == pytest.approx(expected, abs=1e-9) and scene.GetNumberOfNodes() == count
+    controller.shutdown()
+    assert not controller.engine.alive and process.popen.poll() is not None
 
 
 def test_an_engine_error_shows_its_last_line_and_changes_nothing(panel, launcher, monkeypatch):
@@ -221,17 +242,16 @@ def test_an_engine_error_shows_its_last_line_and_changes_nothing(panel, launcher
 
     controller, logic, scene, shown = panel
     monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
-    volume, segmentation, segment_id = _case(scene)
-    node = controller.parameterNode
-    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
+    node = _select(controller, scene)
     node.modelPath = str(Path(controller.resourcePath("requirements.txt")).parent)  # not a bundle
     count = scene.GetNumberOfNodes()
-    controller.onAnalyze()
-    fake_qprocess.run_until_finished(fake_qprocess.QProcess.started[-1])
+    _analyze(controller)
     assert len(shown) == 1 and "is not a model bundle" in shown[0], shown
     assert "is not a model bundle" in str(controller.ui.statusLabel.text)
     assert scene.GetNumberOfNodes() == count and node.probability == -1.0
-    assert not controller.engine.running and controller.ui.progressBar.visible is False
+    assert not controller.engine.busy and controller.ui.progressBar.visible is False
+    assert controller.engine.alive, "a bad case does not end the engine"
+    controller.shutdown()
 
 
 def test_a_process_that_cannot_start_ends_the_busy_state(panel, tmp_path, monkeypatch):
@@ -239,18 +259,34 @@ def test_a_process_that_cannot_start_ends_the_busy_state(panel, tmp_path, monkey
 
     controller, logic, scene, shown = panel
     monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(tmp_path / "no-such-PythonSlicer"))
-    volume, segmentation, segment_id = _case(scene)
-    node = controller.parameterNode
-    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
+    _select(controller, scene)
     controller.onAnalyze()
-    process = fake_qprocess.QProcess.started[-1]
-    job_folder = process.workingDirectory
-    assert controller.engine.running
-    fake_qprocess.run_until_finished(process)
-    assert not controller.engine.running, "the busy state must end when the process cannot start"
+    assert controller.engine.busy
+    job_folder = controller._job["folder"]
+    fake_qprocess.run_until_finished(fake_qprocess.QProcess.started[-1])
+    assert not controller.engine.busy and not controller.engine.alive, "the busy state must end"
     assert controller.ui.progressBar.visible is False and controller.ui.analyzeButton.enabled
     assert len(shown) == 1 and "could not be started" in shown[0]
     assert not Path(job_folder).exists()
+
+
+def test_an_engine_that_dies_during_a_case_is_reported_and_restarted(panel, launcher, monkeypatch, tmp_path):
+    from RadFusionScreenLib.slicer_glue import widget_controller
+
+    controller, logic, scene, shown = panel
+    dying = tmp_path / "dying.py"
+    dying.write_text("import sys\nsys.stdin.readline()\nprint('out of memory', file=sys.stderr)\nsys.exit(3)\n")
+    monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
+    start = controller.engine.start
+    monkeypatch.setattr(controller.engine, "start", lambda program, arguments, **kw: start(program, [str(dying)], **kw))
+    node = _select(controller, scene)
+    _analyze(controller)
+    assert len(shown) == 1 and "the engine stopped (exit code 3)" in shown[0], shown
+    assert not controller.engine.busy and not controller.engine.alive and node.probability == -1.0
+    monkeypatch.setattr(controller.engine, "start", start)
+    _analyze(controller)  # the next click starts a new engine
+    assert len(fake_qprocess.QProcess.started) == 2 and node.probability >= 0
+    controller.shutdown()
 
 
 def test_cancel_from_the_panel_ends_the_run_and_says_so(panel, launcher, monkeypatch, tmp_path):
@@ -260,11 +296,9 @@ def test_cancel_from_the_panel_ends_the_run_and_says_so(panel, launcher, monkeyp
     script = tmp_path / "tree.py"
     script.write_text(TREE_SCRIPT)
     monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
-    monkeypatch.setattr(logic, "screenArguments", lambda *args, **kwargs: [])  # -m RadFusionScreenLib: waits
-    monkeypatch.setattr(controller.engine, "start", _start_script(controller.engine.start, script))
-    volume, segmentation, segment_id = _case(scene)
-    node = controller.parameterNode
-    node.inputVolume, node.inputSegmentation, node.segmentId = volume, segmentation, segment_id
+    start = controller.engine.start
+    monkeypatch.setattr(controller.engine, "start", lambda program, arguments, **kw: start(program, [str(script)], **kw))
+    node = _select(controller, scene)
     controller.onAnalyze()
     process = fake_qprocess.QProcess.started[-1]
     tree = _wait_for_tree(process.processId(), 4)
@@ -272,13 +306,7 @@ def test_cancel_from_the_panel_ends_the_run_and_says_so(panel, launcher, monkeyp
     time.sleep(0.2)
     assert not _alive(tree)
     assert str(controller.ui.statusLabel.text) == "Analysis cancelled." and not shown
-    assert not controller.engine.running and node.probability == -1.0
-
-
-def _start_script(start, script):
-    def started(program, arguments, **kwargs):
-        return start(program, [str(script)], **kwargs)
-    return started
+    assert not controller.engine.busy and not controller.engine.alive and node.probability == -1.0
 
 
 def test_model_panel_reads_the_bundle_without_loading_the_cnn(panel, monkeypatch):
