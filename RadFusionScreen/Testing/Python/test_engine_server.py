@@ -45,7 +45,7 @@ def test_answers_as_the_screen_command_and_keeps_the_model_loaded(tmp_path, caps
 
     monkeypatch.setattr(screening, "Screener", CountingScreener)
     responses = _serve([encode_request(1, screen), "not json\n", encode_request(2, screen),
-                        encode_request(3, ["screen", str(tmp_path / "missing.png"), mask]),
+                        encode_request(3, ["screen", str(tmp_path / "missing.png"), mask, "--device", "cpu"]),
                         encode_request(4, ["train", "x.csv"]), json.dumps({"command": "stop"}) + "\n",
                         encode_request(5, screen)])
     assert [r["id"] for r in responses] == [1, 2, 3, 4], "stop ends the server; the bad line is skipped"
