@@ -1,20 +1,25 @@
-"""`radfusion demo`: screen one example case with the shipped model and write what a user sees.
+"""`radfusion demo`: screen one example case of the model's modality and write what a user sees.
 
-The example is a real BUSI test case when ../shared/data/busi is present (a case of the
-shipped model's internal test set, so its probability can be compared with the one the
-bundle recorded); otherwise a **synthetic** ultrasound-like phantom that this module draws
-(speckle, a dark irregular lesion with posterior shadowing). No public image is stored in
-the repository.
+The example case follows the bundle's modality (``example_case``):
 
-Outputs in the chosen folder: ``summary.txt``, ``result.json``, ``overlay.png`` (image,
-ROI outline and Grad-CAM) and ``report.html`` (one self-contained page).
+- US: a real BUSI test case when ../shared/data/busi is present (a case of the shipped model's
+  internal test set, so its probability can be compared with the one the bundle recorded);
+  otherwise a **synthetic** ultrasound-like phantom (:func:`.phantoms.synthetic_ultrasound`);
+- CT: a LIDC-IDRI nodule from ../shared/data/lidc when present (one of the bundle's test cases
+  when it records them), else a **synthetic** CT phantom (:func:`.phantoms.synthetic_ct`);
+- any other modality: refused with a message (no example case of that kind exists).
+
+No public image is stored in the repository.
+
+Outputs in the chosen folder: ``summary.txt``, ``result.json``, ``overlay.png`` (the slice views
+through the lesion centre: image, Grad-CAM, lesion outline) and ``report.html`` (the case report
+of :mod:`.case_report`). The views are drawn by Slicer's own slice pipeline (slicer-core) when it
+is importable (``pip install -e ".[mrml]"``, which ``setup.sh`` does), else by the engine's
+renderer with the same conventions (:func:`.figures.render_views_engine`); the report says which.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import os
 from pathlib import Path
@@ -23,11 +28,20 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-BUSI = Path(os.environ.get("RADFUSION_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "busi"
+from .errors import InputError
+
+SHARED = Path(os.environ.get("RADFUSION_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+BUSI = SHARED / "busi"
+LIDC = SHARED / "lidc"
+#: Background window (low, high) per modality: a B-mode picture's full 8-bit range; CT in a lung
+#: window (W 1500, L -600) where nodules are read.
+GREY_WINDOWS = {"US": (0.0, 255.0), "CT": (-1350.0, 150.0)}
+VIEW_HEIGHT = 360
 
 
 def run_demo(output: str | os.PathLike = "demo_output", model: str | None = None) -> list[str]:
     """Screen the example case; returns the summary lines printed by the CLI."""
+    from .io import read_image, read_mask
     from .screening import Screener
 
     out = Path(output)
@@ -35,36 +49,110 @@ def run_demo(output: str | os.PathLike = "demo_output", model: str | None = None
     screener = Screener(model)
     image_path, mask_path, description, recorded = example_case(screener, out)
     result = screener.screen(image_path, mask_path)
-    from .io import read_image, read_mask
-
     image = read_image(image_path)  # the grid the heat map is on (pictures: one-slice volumes)
     mask = read_mask(mask_path, reference=image)
-    overlay = overlay_png(image, mask, result.heatmap)
-    (out / "overlay.png").write_bytes(overlay)
+    views, renderer = case_views(image, mask, result.heatmap, screener.modality)
+    (out / "overlay.png").write_bytes(views)
     summary = f"example: {description}\n" + result.summary_text()
     if recorded is not None:
         summary += f"\nthe bundle recorded probability {recorded:.6f} for this test case"
     (out / "summary.txt").write_text(summary + "\n")
     (out / "result.json").write_text(json.dumps({"example": description, "recorded_probability": recorded,
                                                  **result.to_dict()}, indent=2, allow_nan=False))
-    (out / "report.html").write_text(html_page(description, result, overlay))
-    return summary.splitlines() + [f"written: {out / 'summary.txt'}, {out / 'overlay.png'}, {out / 'report.html'}"]
+    (out / "report.html").write_text(report_html(result, image, mask, views, renderer, description), encoding="utf-8")
+    return summary.splitlines() + [f"views drawn by {renderer.split(':')[0]}",
+                                   f"written: {out / 'summary.txt'}, {out / 'overlay.png'}, {out / 'report.html'}"]
+
+
+def report_html(result: Any, image: sitk.Image, mask: sitk.Image, views_png: bytes, renderer: str,
+                description: str = "") -> str:
+    """The case report (:mod:`.case_report`) with the module's heat-map display conventions."""
+    from .case_report import bundle_nomogram, case_hash, case_report_html
+    from .slicer_glue.mrml import HEATMAP_THRESHOLD, heatmap_window
+
+    return case_report_html(result, views_png, case_id=case_hash(image, mask), description=description,
+                            renderer=renderer, nomogram=bundle_nomogram(result), heat_threshold=HEATMAP_THRESHOLD,
+                            heat_window=heatmap_window())
+
+
+def case_views(image: sitk.Image, mask: sitk.Image, heatmap: sitk.Image | None, modality: str,
+               height: int = VIEW_HEIGHT, prefer_slicer: bool = True) -> tuple[bytes, str]:
+    """PNG of the slice views (axial, coronal, sagittal; a picture: its one view) through the
+    lesion centre, and a line saying what drew them."""
+    from .slicer_glue import mrml, slice_views  # Slicer-free at import: constants and picture helpers
+
+    grey_window = GREY_WINDOWS.get(modality) or _percentile_window(image)
+    views = None
+    if prefer_slicer and slice_views.slicer_available():
+        views = dict(slice_views.render_images(image, mask, heatmap, height=height, grey_window=grey_window))
+        renderer = ("Slicer's slice pipeline (slicer-core vtkMRMLSliceLogic, headless): the views the module "
+                    "shows")
+    if views is None:
+        from .figures import render_views_engine
+
+        views = render_views_engine(image, mask, heatmap, threshold=mrml.HEATMAP_THRESHOLD,
+                                    window=mrml.heatmap_window(), grey_window=grey_window, height=height)
+        renderer = ("the engine's renderer (slicer-core is not installed): the module's colours, threshold and "
+                    "outline, drawn with numpy")
+    buffer = slice_views.png_bytes(slice_views.compose_views(views))
+    return buffer, renderer + f"; window {grey_window[0]:g} to {grey_window[1]:g}, patient's left on the right."
+
+
+def _percentile_window(image: sitk.Image) -> tuple[float, float]:
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = np.percentile(values, [1, 99])
+    return float(low), float(max(high, low + 1))
 
 
 def example_case(screener: Any, out: Path) -> tuple[Path, Path, str, float | None]:
-    """A BUSI test case of the shipped model when the data are here, else a synthetic phantom."""
+    """A case of the bundle's modality: shared public data when present, else a generated phantom."""
     recorded = ((screener.bundle.manifest.get("training") or {}).get("reference") or {}).get("test_predictions") or {}
-    manifest = BUSI / "manifest.csv"
-    if manifest.is_file() and screener.modality == "US":
-        import pandas as pd
+    if screener.modality == "US":
+        return _busi_case(recorded) or _phantom_ultrasound(out)
+    if screener.modality == "CT":
+        return _lidc_case(recorded) or _phantom_ct(out)
+    raise InputError(f"no example case for a {screener.modality or 'modality-less'} model: "
+                     "screen your own case with `radfusion screen IMAGE MASK --model ...`")
 
-        cases = pd.read_csv(manifest)
-        cases = cases[cases["case_id"].astype(str).isin(recorded)] if recorded else cases
-        if len(cases):
-            case = cases.sort_values("label", ascending=False).iloc[0]
-            return (BUSI / case["image"], BUSI / case["mask"],
-                    f"BUSI case {case['case_id']} (label {int(case['label'])}, from ../shared/data/busi)",
-                    recorded.get(str(case["case_id"])))
+
+def _busi_case(recorded: dict) -> tuple[Path, Path, str, float | None] | None:
+    manifest = BUSI / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    import pandas as pd
+
+    cases = pd.read_csv(manifest)
+    cases = cases[cases["case_id"].astype(str).isin(recorded)] if recorded else cases
+    if not len(cases):
+        return None
+    case = cases.sort_values("label", ascending=False, kind="stable").iloc[0]  # first positive, manifest order
+    return (BUSI / case["image"], BUSI / case["mask"],
+            f"BUSI case {case['case_id']} (label {int(case['label'])}, from ../shared/data/busi)",
+            recorded.get(str(case["case_id"])))
+
+
+def _lidc_case(recorded: dict) -> tuple[Path, Path, str, float | None] | None:
+    manifest = LIDC / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    import pandas as pd
+
+    cases = pd.read_csv(manifest)
+    in_test = cases[cases["case_id"].astype(str).isin(recorded)] if recorded else cases.iloc[0:0]
+    cases = in_test if len(in_test) else cases
+    if not len(cases):
+        return None
+    case = cases.iloc[0]
+    label = f"label {int(case['label'])}, " if "label" in case and not _missing(case["label"]) else ""
+    return (LIDC / case["image"], LIDC / case["mask"],
+            f"LIDC-IDRI nodule {case['case_id']} ({label}from ../shared/data/lidc)", recorded.get(str(case["case_id"])))
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _phantom_ultrasound(out: Path) -> tuple[Path, Path, str, None]:
     from .phantoms import synthetic_ultrasound
 
     image, mask = synthetic_ultrasound()
@@ -74,57 +162,11 @@ def example_case(screener: Any, out: Path) -> tuple[Path, Path, str, float | Non
     return image_path, mask_path, "synthetic ultrasound-like phantom (generated, not a patient image)", None
 
 
-def overlay_png(image: sitk.Image, mask: sitk.Image, heatmap: sitk.Image | None) -> bytes:
-    """PNG of the ROI's largest slice: grey image, Grad-CAM in colour (where > 0), ROI outline."""
-    import matplotlib
+def _phantom_ct(out: Path) -> tuple[Path, Path, str, None]:
+    from .phantoms import synthetic_ct
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    pixels = _grey(sitk.GetArrayFromImage(image))
-    roi = sitk.GetArrayFromImage(mask) > 0
-    heat = None if heatmap is None else sitk.GetArrayFromImage(heatmap)
-    if pixels.ndim == 3:
-        k = int(np.argmax(roi.reshape(roi.shape[0], -1).sum(axis=1)))
-        pixels, roi = pixels[k], roi[k]
-        heat = None if heat is None else heat[k]
-    figure, axis = plt.subplots(figsize=(6, 6 * pixels.shape[0] / pixels.shape[1]), dpi=100)
-    axis.imshow(pixels, cmap="gray")
-    if heat is not None:
-        axis.imshow(np.ma.masked_less_equal(heat, 0), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axis.contour(roi, levels=[0.5], colors="lime", linewidths=1.2)
-    axis.set_axis_off()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
-def _grey(pixels: np.ndarray) -> np.ndarray:
-    return pixels[..., 0] if pixels.ndim == 4 else pixels
-
-
-def html_page(description: str, result: Any, overlay: bytes) -> str:
-    """A small self-contained HTML report of one screened case."""
-    from .screening import format_value
-
-    rows = "".join(f"<tr><td>{html.escape(str(r.predictor))}</td><td>{html.escape(format_value(r.value))}</td>"
-                   f"<td>{r.points:.1f}</td></tr>" for r in result.nomogram.itertuples())
-    total = ("" if result.nomogram_total_points is None else
-             f"<tr><th>total</th><td></td><td>{result.nomogram_total_points:.1f}</td></tr>"
-             f"<tr><th>nomogram probability</th><td></td><td>{result.nomogram_probability:.3f}</td></tr>")
-    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings) or "<li>none</li>"
-    image = base64.b64encode(overlay).decode()
-    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>RadFusionScreen case report</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 10px;text-align:left}}
-.big{{font-size:2.2em;font-weight:bold}}</style></head><body>
-<h1>RadFusionScreen: one case</h1>
-<p>{html.escape(description)}<br>model {html.escape(str(result.model['name']))}, bundle digest
-{html.escape(result.model['digest'][:16])}, {html.escape(result.model['provenance'])}</p>
-<p class="big">probability {result.probability:.3f}: {html.escape(result.risk_class.upper())} risk</p>
-<p>decision threshold {result.threshold:.3f} (Youden, chosen on training data)</p>
-<h2>Nomogram</h2><table><tr><th>predictor</th><th>value</th><th>points</th></tr>{rows}{total}</table>
-<h2>Grad-CAM (deep-score) over the image, ROI outlined</h2><img alt="overlay" src="data:image/png;base64,{image}">
-<h2>Warnings</h2><ul>{warnings}</ul>
-<p><em>Research use only. Not for clinical use without local validation.</em></p></body></html>
-"""
+    image, mask = synthetic_ct(shape=(40, 128, 128), spacing=(0.7, 0.7, 1.25), radius_mm=9.0, malignancy=0.7)
+    image_path, mask_path = out / "synthetic_ct.nii.gz", out / "synthetic_ct_mask.nii.gz"
+    sitk.WriteImage(image, str(image_path))
+    sitk.WriteImage(mask, str(mask_path))
+    return image_path, mask_path, "synthetic CT phantom with a lung-nodule-like lesion (generated, not a patient image)", None

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from .card import fitting_remarks
 from .errors import InputError
 from .explain import ShapResult, shap_summary
+from .figures import nomogram_figure  # noqa: F401 -- shared with the case report and the Slicer panel
 from .stats import (
     Nomogram,
     calibration_curve,
@@ -41,7 +42,6 @@ from .stats import (
     decision_curve,
     delong_test,
     hosmer_lemeshow_test,
-    pretty,
 )
 from .train import NOMOGRAM_RESULT as NOMOGRAM_MODEL
 from .train import ModelComparison, ModelResult, best_result
@@ -611,58 +611,6 @@ def _nomogram_section(nomogram: Nomogram | None) -> str:
         "Read each predictor's points on the top axis, add them, and read the risk under the total. "
         "Logistic regression on rad-score, deep-score and clinical predictors (rms conventions).", "small"),
         _figure(figure, "nomogram"))
-
-
-def nomogram_figure(nomogram: Nomogram) -> Figure:
-    """An rms-style nomogram: points axis, one axis per predictor, total points, risk."""
-    rows = _nomogram_rows(nomogram)
-    figure = Figure(figsize=(8.5, 0.62 * len(rows) + 0.8))
-    axes = figure.subplots()
-    for k, (label, positions, tick_labels) in enumerate(rows):
-        y = -k
-        if len(positions):
-            axes.plot([min(positions), max(positions)], [y, y], color="black", lw=1)
-        for x, text in zip(positions, _thinned(positions, tick_labels)):
-            axes.plot([x, x], [y, y + 0.12], color="black", lw=1)
-            if text:
-                axes.text(x, y + 0.18, text, ha="center", va="bottom", fontsize=7)
-        axes.text(-0.03, y, label, ha="right", va="center", fontsize=9)
-    axes.set_xlim(-0.32, 1.04)
-    axes.set_ylim(-len(rows) + 0.5, 0.8)
-    axes.axis("off")
-    return figure
-
-
-def _thinned(positions: Sequence[float], labels: Sequence[str], char_width: float = 0.0115) -> list[str]:
-    """Labels left to right, blanking any that would overlap the last one shown (ticks stay)."""
-    result = [""] * len(labels)
-    right_edge = -np.inf
-    for k in np.argsort(np.asarray(positions, dtype=float), kind="stable"):
-        half = len(labels[k]) * char_width / 2
-        if positions[k] - half > right_edge + char_width:
-            result[k] = labels[k]
-            right_edge = positions[k] + half
-    return result
-
-
-def _nomogram_rows(nomogram: Nomogram) -> list[tuple[str, np.ndarray, list[str]]]:
-    """(label, x positions in [0, 1], tick labels) per nomogram row, top to bottom."""
-    maxscale = nomogram.maxscale
-    points_ticks = pretty(0.0, maxscale, 10)
-    rows = [("Points", points_ticks / maxscale, [f"{t:g}" for t in points_ticks])]
-    for axis in nomogram.axes().values():
-        labels = [str(t) if axis.categorical else f"{float(t):g}" for t in axis.ticks]
-        rows.append((axis.name, np.asarray(axis.points, dtype=float) / maxscale, labels))
-    scales = nomogram.scales()
-    total = np.asarray(scales["total_points"]["values"], dtype=float)
-    width = float(total.max())
-    rows.append(("Total points", total / width, [f"{t:g}" for t in total]))
-    for key, label in (("linear_predictor", "Linear predictor"), ("probability", "Risk")):
-        values = np.asarray(scales[key]["values"], dtype=float)
-        positions = np.asarray(scales[key]["total_points"], dtype=float) / width
-        inside = (positions >= -1e-9) & (positions <= 1 + 1e-9)
-        rows.append((label, positions[inside], [f"{v:g}" for v in values[inside]]))
-    return rows
 
 
 def _shap_section(shap: ShapResult | None, selected: str) -> str:

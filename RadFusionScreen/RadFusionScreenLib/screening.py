@@ -79,6 +79,10 @@ class ScreenResult:
     model: dict[str, Any]
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    # Why this case (SHAP of the fused model, reasons.case_contributions) and how good the model
+    # is at its threshold (reasons.operating_point); None when not available.
+    explanation: dict[str, Any] | None = None
+    operating_point: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able numbers (the heat map itself is left out)."""
@@ -88,7 +92,7 @@ class ScreenResult:
             "nomogram": {"terms": _records(self.nomogram), "total_points": self.nomogram_total_points,
                          "linear_predictor": self.nomogram_linear_predictor, "probability": self.nomogram_probability},
             "features": _records(self.features), "model": self.model, "timings_s": self.timings,
-            "warnings": self.warnings,
+            "warnings": self.warnings, "explanation": self.explanation, "operating_point": self.operating_point,
         }
 
     def summary_text(self) -> str:
@@ -100,11 +104,16 @@ class ScreenResult:
             f"(threshold {self.threshold:.3f}, decision {'positive' if self.decision else 'negative'})",
         ]
         if self.nomogram_total_points is not None:
-            lines.append("nomogram   predictor          value     points")
+            lines.append("nomogram   (breakdown by the scores; a simpler companion model, not the answer)")
+            lines.append("           predictor          value     points")
             for row in self.nomogram.itertuples():
                 lines.append(f"           {row.predictor:<18} {format_value(row.value):>8} {row.points:8.1f}")
             lines.append(f"           total points {self.nomogram_total_points:.1f} -> "
-                         f"probability {self.nomogram_probability:.3f}")
+                         f"the nomogram's own estimate {self.nomogram_probability:.3f}")
+        top = (self.explanation or {}).get("contributions") or []
+        if top:
+            lines.append("reasons    (SHAP of the fused model, log-odds) " + "; ".join(
+                f"{c['label']} {c['shap']:+.2f}" for c in top[:3]))
         lines.append("timings    " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
         lines += [f"WARNING    {w}" for w in self.warnings]
         lines.append("Research use only: not for clinical use without local validation.")
@@ -236,7 +245,10 @@ class Screener(ModelDescription):
         warnings = (list(self.bundle.warnings) + self._warnings(frame, roi_voxels)
                     + [f"radiomics: {note}" for note in radiomic_notes]
                     + ([cam.warning] if cam is not None and cam.warning else []))
-        return self._result(predicted, row, used, None if cam is None else cam.image, timings, warnings)
+        result = self._result(predicted, row, used, None if cam is None else cam.image, timings, warnings)
+        result.explanation = _explanation(self.bundle.model, frame)
+        result.operating_point = operating_point(self.bundle.manifest)
+        return result
 
     # ------------------------------------------------------------------ steps
     def _check_modality(self, image: sitk.Image, declared: str | None) -> None:
@@ -317,6 +329,22 @@ class Screener(ModelDescription):
             nomogram_probability=p_nomogram, features=used, heatmap=heatmap, model=self.model_info(),
             timings=timings, warnings=warnings,
         )
+
+
+def _explanation(model: Any, frame: pd.DataFrame) -> dict[str, Any] | None:
+    """Per-case SHAP of the fused model; a failure there never costs the case its answer."""
+    from .reasons import case_contributions
+
+    try:
+        return case_contributions(model, frame)
+    except Exception as exc:  # noqa: BLE001 -- the explanation is secondary to the probability
+        return {"method": None, "reason": f"SHAP values could not be computed: {type(exc).__name__}: {exc}"}
+
+
+def operating_point(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    from .reasons import operating_point as _operating_point
+
+    return _operating_point(manifest)
 
 
 def deep_score_head(model: Any, frame: pd.DataFrame, deep_names: list[str]) -> tuple[np.ndarray, float]:

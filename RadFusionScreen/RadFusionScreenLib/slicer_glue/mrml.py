@@ -118,6 +118,26 @@ def _format_value(value: Any) -> str:
 
 OUTPUT_ATTRIBUTE = "RadFusionScreen.output"  # node attribute: which module output a node holds
 HEAT_COLOR_NODE_IDS = ("vtkMRMLPETProceduralColorNodePET-Heat", "vtkMRMLColorTableNodeIron")
+#: The one display threshold of the Grad-CAM map (maps are normalised to a maximum of 1 on the
+#: CNN's crop): values below it are transparent, in the module's slice views
+#: (:func:`show_heatmap`), in the headless views of reports and the screenshot
+#: (``slice_views``) and in the engine-side fallback renderer of ``radfusion demo``. 0.5 shows the
+#: upper half of the map, where the deep-score's evidence concentrates: on the BUSI screenshot
+#: case 0.05 tinted 92 % of the picture (a map over the whole crop says nothing about where),
+#: 0.3 42 %, 0.5 20 %.
+HEATMAP_THRESHOLD = 0.5
+#: Where PET-Heat's colours begin (its dark-red stop at 35 of 0-255; below is black, which at
+#: half opacity only darkens the picture). The heat map's window starts so that the threshold
+#: lands on this stop: the visible values run dark red -> yellow -> white.
+PET_HEAT_FIRST_COLOUR = 35.0 / 255.0
+
+
+def heatmap_window(maximum: float = 1.0, threshold: float = HEATMAP_THRESHOLD) -> tuple[float, float]:
+    """Window (low, high) of the heat-map display: ``threshold × maximum`` maps to PET-Heat's
+    first colour (:data:`PET_HEAT_FIRST_COLOUR`) and ``maximum`` to its top (white)."""
+    start = PET_HEAT_FIRST_COLOUR
+    low = maximum * (float(threshold) - start) / (1.0 - start)
+    return low, float(maximum)
 
 
 def ijk_to_ras_matrix(image: sitk.Image) -> np.ndarray:
@@ -242,9 +262,10 @@ def scene_transaction(scene: Any) -> Iterator[None]:
 
 
 def show_heatmap(heatmap_node: Any, background_node: Any | None, opacity: float = 0.5,
-                 threshold: float = 0.05) -> None:
-    """Heat colours, fixed 0–1 window, values below ``threshold`` transparent; shown as the
-    foreground of every slice view (over ``background_node`` where a view has no background)."""
+                 threshold: float = HEATMAP_THRESHOLD) -> None:
+    """Heat colours (PET-Heat) on the fixed window of :func:`heatmap_window` (the map is
+    normalised to 0-1), values below ``threshold`` transparent; shown as the foreground of every
+    slice view (over ``background_node`` where a view has no background)."""
     scene = heatmap_node.GetScene()
     heatmap_node.CreateDefaultDisplayNodes()
     display = heatmap_node.GetDisplayNode()
@@ -252,7 +273,7 @@ def show_heatmap(heatmap_node: Any, background_node: Any | None, opacity: float 
     if color_id is not None:
         display.SetAndObserveColorNodeID(color_id)
     display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetWindowLevelMinMax(*heatmap_window(1.0, threshold))
     display.SetApplyThreshold(1)
     display.SetLowerThreshold(threshold)
     display.SetUpperThreshold(1.0e6)

@@ -246,16 +246,47 @@ class ScreeningLogic:
             nomogram_probability=nomogram.get("probability"),
             features=pd.DataFrame(values.get("features") or []), heatmap=heatmap, model=values.get("model") or {},
             timings=values.get("timings_s") or {}, warnings=list(values.get("warnings") or []),
+            explanation=values.get("explanation"), operating_point=values.get("operating_point"),
         )
 
-    @staticmethod
-    def writeReport(path, result, screenshotPng, description="") -> Path:
-        """Self-contained HTML report: result, nomogram, warnings and a screenshot of the views."""
-        from ..demo import html_page
+    def writeReport(self, path, result, description="", volumeNode=None, segmentationNode=None, segmentId=None,
+                    heatmapNode=None) -> Path:
+        """The case report (:mod:`..case_report`, the one the CLI demo writes) of ``result``.
 
+        Its slice views are drawn by :func:`.slice_views.render_slice_views` from this scene's
+        nodes (by default the parameter node's input volume, segmentation, segment and Grad-CAM
+        volume): what the slice views show, through the lesion centre, whatever the user's views
+        are showing at the moment. The scene is left unchanged.
+        """
+        from ..case_report import bundle_nomogram, case_hash, case_report_html
+        from . import slice_views
+
+        parameterNode = self.getParameterNode()
+        volumeNode = volumeNode or parameterNode.inputVolume
+        segmentationNode = segmentationNode or parameterNode.inputSegmentation
+        segmentId = segmentId or parameterNode.segmentId or None
+        heatmapNode = heatmapNode or parameterNode.heatmapVolume
+        viewsPng, caseId = None, "unknown"
+        if volumeNode is not None:
+            views = {}
+            for orientation in slice_views.views_for_volume(volumeNode):
+                views.update(slice_views.render_slice_views(
+                    self.scene, volumeNode, heatmapNode, segmentationNode, segmentId, orientations=(orientation,),
+                    size=slice_views.fitting_size(volumeNode, orientation, REPORT_VIEW_HEIGHT)))
+            viewsPng = slice_views.png_bytes(slice_views.compose_views(views))
+            if segmentationNode is not None and segmentId:
+                caseId = case_hash(*self.exportCase(volumeNode, segmentationNode, segmentId))
+        html = case_report_html(
+            result, viewsPng, case_id=caseId, description=description, nomogram=bundle_nomogram(result),
+            renderer="Drawn by Slicer's slice pipeline (vtkMRMLSliceLogic) from the scene's nodes, as the slice views "
+                     "draw them; patient's left on the right.",
+            heat_threshold=mrml.HEATMAP_THRESHOLD, heat_window=mrml.heatmap_window())
         path = Path(path)
-        path.write_text(html_page(description, result, screenshotPng), encoding="utf-8")
+        path.write_text(html, encoding="utf-8")
         return path
+
+
+REPORT_VIEW_HEIGHT = 360
 
 
 def featureColumns(result) -> dict:

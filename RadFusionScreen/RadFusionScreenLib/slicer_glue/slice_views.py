@@ -27,10 +27,9 @@ from ..errors import InputError, MaskError
 from . import mrml
 
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
-#: Heat-map values below this fraction of the map's maximum are transparent. Grad-CAM maps are
-#: normalised to a maximum of 1, so this is :func:`mrml.show_heatmap`'s default ``threshold``
-#: (0.05) on the module's fixed 0-1 window; a test keeps the two equal.
-HEATMAP_THRESHOLD_FRACTION = 0.05
+#: Heat-map values below this fraction of the map's maximum are transparent: the module's one
+#: threshold :data:`mrml.HEATMAP_THRESHOLD` (Grad-CAM maps are normalised to a maximum of 1).
+HEATMAP_THRESHOLD_FRACTION = mrml.HEATMAP_THRESHOLD
 HEATMAP_OPACITY = 0.5  # the module's default heat-map opacity (parameter node heatmapOpacity)
 _SLICE_NORMALS_RAS = {"Sagittal": 0, "Coronal": 1, "Axial": 2}  # RAS axis each view looks along
 _ALPHA_BLENDING = 0  # vtkMRMLSliceCompositeNode::Alpha
@@ -76,8 +75,9 @@ def render_slice_views(scene: Any, volume_node: Any, heatmap_node: Any | None = 
 
     - background: ``volume_node`` with its display node's window/level (a default display
       node, auto window/level, is used and removed again when it has none);
-    - foreground: ``heatmap_node`` in PET-Heat over a window 0 to the map's maximum, values
-      below ``heatmap_threshold`` × maximum transparent, at ``heatmap_opacity`` (the module's
+    - foreground: ``heatmap_node`` in PET-Heat over :func:`mrml.heatmap_window` (the threshold
+      on PET-Heat's dark red, the maximum white), values below ``heatmap_threshold`` × maximum
+      transparent, at ``heatmap_opacity`` (the module's
       look; the heat map's own display node is not used or changed);
     - label layer: ``segment_id`` of ``segmentation_node`` (all its visible segments when no
       ID is given) exported onto the volume's grid and drawn as Slicer's label outline
@@ -195,7 +195,7 @@ def _heatmap_proxy(scene: Any, heatmap_node: Any, threshold_fraction: float) -> 
     display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
     display.SetAndObserveColorNodeID(color_id)
     display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(0.0, maximum)
+    display.SetWindowLevelMinMax(*mrml.heatmap_window(maximum, threshold_fraction))
     display.SetApplyThreshold(1)
     display.SetLowerThreshold(float(threshold_fraction) * maximum)
     display.SetUpperThreshold(1.0e6 * maximum)
@@ -326,6 +326,17 @@ def compose_views(views: Mapping[str, np.ndarray], caption_lines: Iterable[str] 
     return np.asarray(canvas)
 
 
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An RGB ``uint8`` array as PNG bytes (optimised)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(rgb, dtype=np.uint8), "RGB").save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write an RGB ``uint8`` array as an optimised PNG."""
     from PIL import Image
@@ -343,3 +354,77 @@ def _font(size: int) -> Any:
         return ImageFont.load_default(size=size)  # scalable (FreeType) where pillow has it
     except TypeError:  # pillow < 10.1
         return ImageFont.load_default()
+
+
+# ------------------------------------------------------------------ outside Slicer (CLI, reports)
+
+
+def slicer_available() -> bool:
+    """Whether Slicer's Python (a real Slicer, or slicer-core: the ``mrml`` extra) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("slicer") is not None
+
+
+def render_images(image: Any, mask: Any, heatmap: Any | None = None, *, height: int = 440,
+                  grey_window: tuple[float, float] | None = None, outline_rgb: tuple[int, int, int] = (0, 255, 102),
+                  outline_thickness: int = 2, orientations: Iterable[str] = ORIENTATIONS) -> SliceViews:
+    """:func:`render_slice_views` for SimpleITK images outside Slicer (``radfusion demo``, scripts):
+    a private headless scene (slicer-core) with the image (window ``grey_window``, else Slicer's
+    auto window/level), the lesion mask as a segment drawn as an outline in ``outline_rgb`` and the
+    heat map; each view ``height`` pixels high, as wide as the image's field of view needs.
+    Never call it inside Slicer (it builds its own application logic): the module renders its
+    own scene's nodes with :func:`render_slice_views`."""
+    import slicer
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    app = slicer.vtkSlicerApplicationLogic()
+    app.SetMRMLScene(scene)
+    app.GetColorLogic().SetMRMLScene(scene)
+    app.SetSliceLogics(vtk.vtkCollection())
+    app.SetViewLogics(vtk.vtkCollection())
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    segmentations.SetMRMLApplicationLogic(app)
+    try:
+        volume = mrml.sitk_to_volume_node(image, "image", scene)
+        volume.CreateDefaultDisplayNodes()
+        if grey_window is not None:
+            volume.GetDisplayNode().AutoWindowLevelOff()
+            volume.GetDisplayNode().SetWindowLevelMinMax(float(grey_window[0]), float(grey_window[1]))
+        labelmap = mrml.sitk_to_volume_node(mask, "mask", scene, class_name="vtkMRMLLabelMapVolumeNode")
+        segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesion")
+        segmentation.CreateDefaultDisplayNodes()
+        if not segmentations.ImportLabelmapToSegmentationNode(labelmap, segmentation):
+            raise MaskError("the lesion mask could not be imported as a segment")
+        scene.RemoveNode(labelmap)
+        segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+        segmentation.GetSegmentation().GetSegment(segment_id).SetColor(*(c / 255.0 for c in outline_rgb))
+        segmentation.GetDisplayNode().SetSliceIntersectionThickness(int(outline_thickness))
+        heat = mrml.sitk_to_volume_node(heatmap, "Grad-CAM", scene) if heatmap is not None else None
+        views = SliceViews()
+        for orientation in views_for_volume(volume, orientations):
+            size = fitting_size(volume, orientation, height)
+            one = render_slice_views(scene, volume, heat, segmentation, segment_id, orientations=(orientation,),
+                                     size=size)
+            views[orientation] = one[orientation]
+            views.pixel_to_ras[orientation] = one.pixel_to_ras[orientation]
+            views.seconds[orientation] = one.seconds[orientation]
+        return views
+    finally:
+        app.SetSliceLogics(None)
+        app.SetViewLogics(None)
+        segmentations.SetMRMLScene(None)
+        app.GetColorLogic().SetMRMLScene(None)
+        scene.Clear(1)
+
+
+def fitting_size(volume_node: Any, orientation: str, height: int) -> tuple[int, int]:
+    """(width, height) of a ``height``-pixel view that the volume's extent fills (the RAS axes of
+    the view's plane; for the report's views)."""
+    bounds = [0.0] * 6
+    volume_node.GetRASBounds(bounds)
+    extent = [max(bounds[2 * a + 1] - bounds[2 * a], 1e-6) for a in range(3)]
+    across, up = {"Axial": (0, 1), "Coronal": (0, 2), "Sagittal": (1, 2)}[orientation]
+    return max(1, round(height * extent[across] / extent[up])), int(height)

@@ -312,17 +312,38 @@ class WidgetController:
             self.ui.riskClassLabel.text = ""
             self.ui.thresholdLabel.text = ""
             self.ui.warningsLabel.text = ""
+            self.ui.reasonsLabel.text = ""
+            self.ui.nomogramFigureLabel.clear()
             return
         result = json.loads(node.resultJson)
         self.ui.probabilityLabel.text = f"{node.probability:.3f}"
         self.ui.riskClassLabel.text = _("{risk} risk").format(risk=node.riskClass.upper())
         colour = "#c0392b" if node.riskClass == "high" else "#27ae60"
         self.ui.riskClassLabel.setStyleSheet(f"color: {colour}; font-size: 20pt; font-weight: bold;")
-        self.ui.thresholdLabel.text = _("Decision threshold {threshold:.3f} (model {model})").format(
-            threshold=result["threshold"], model=result["model"].get("name"))
+        self.ui.thresholdLabel.text = _("Fused model's probability; decision threshold {threshold:.3f} "
+                                        "(model {model})").format(threshold=result["threshold"],
+                                                                  model=result["model"].get("name"))
         self.ui.warningsLabel.text = "\n".join(f"⚠ {w}" for w in result.get("warnings", []))
+        self.ui.reasonsLabel.text = reasonsText(result)
         self.ui.nomogramTableView.setMRMLTableNode(node.nomogramTable)
         self.ui.featureTableView.setMRMLTableNode(node.featureTable)
+        self._showNomogramFigure(result)
+
+    def _showNomogramFigure(self, result) -> None:
+        """The report's nomogram figure, this case marked, as a picture in the panel (matplotlib
+        is a serving package: installed with the engine's packages at the first Analyze)."""
+        label = self.ui.nomogramFigureLabel
+        try:
+            png = nomogramFigurePng(self.logic.resultFromDict(result))
+        except Exception as error:  # noqa: BLE001 -- the table below still shows the numbers
+            logging.info(f"RadFusionScreen: no nomogram figure ({error})")
+            png = None
+        if not png:
+            label.clear()
+            return
+        pixmap = qt.QPixmap()
+        pixmap.loadFromData(qt.QByteArray(png), "PNG")  # drawn at 80 dpi: about the panel's width
+        label.setPixmap(pixmap)
 
     def onHeatmapDisplayChanged(self, *args) -> None:
         self.logic.showHeatmap(self.ui.heatmapVisibleCheckBox.checked, self.ui.heatmapOpacitySlider.value)
@@ -337,15 +358,35 @@ class WidgetController:
             result = self.logic.resultFromDict(json.loads(node.resultJson))
             volume = node.inputVolume.GetName() if node.inputVolume else "?"
             description = f"volume {volume}, segment {node.segmentId}"
-            self.logic.writeReport(path, result, viewsScreenshot(), description)
+            # The views come from the scene's nodes through Slicer's slice pipeline (slice_views),
+            # not from a grab of whatever the view layout shows.
+            self.logic.writeReport(path, result, description)
             self.ui.statusLabel.text = _("Report written to {path}").format(path=path)
 
 
-def viewsScreenshot() -> bytes:
-    """PNG of the view layout (slice views with the overlay)."""
-    slicer.util.forceRenderAllViews()
-    image = ctk.ctkWidgetsUtils.grabWidget(slicer.app.layoutManager().viewport())
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "views.png")
-        image.save(path)
-        return Path(path).read_bytes()
+def nomogramFigurePng(result) -> bytes | None:
+    """PNG of the case's nomogram figure (:func:`..figures.nomogram_figure`), None without a nomogram."""
+    from ..case_report import bundle_nomogram
+    from ..figures import case_marks, figure_png, nomogram_figure
+
+    nomogram = bundle_nomogram(result)
+    if nomogram is None or result.nomogram_total_points is None:
+        return None
+    return figure_png(nomogram_figure(nomogram, case_marks(result)), dpi=80)
+
+
+def reasonsText(result) -> str:
+    """Why this case (top SHAP contributions of the fused model) and the operating point, in a few lines."""
+    lines = []
+    contributions = (result.get("explanation") or {}).get("contributions") or []
+    if contributions:
+        lines.append(_("Why (SHAP, fused model, log-odds): ") + "; ".join(
+            f"{c['label']} {c['shap']:+.2f}" for c in contributions[:3]))
+    point = result.get("operating_point")
+    if point:
+        sens, spec = point["sensitivity"], point["specificity"]
+        lines.append(_("At the threshold (internal test set): sensitivity {s:.2f} ({sl:.2f}–{sh:.2f}), "
+                       "specificity {p:.2f} ({pl:.2f}–{ph:.2f})").format(
+            s=sens["estimate"], sl=sens["lower"], sh=sens["upper"], p=spec["estimate"], pl=spec["lower"],
+            ph=spec["upper"]))
+    return "\n".join(lines)
