@@ -33,6 +33,8 @@ def ct_bundle(tmp_path_factory) -> Path:
     For tests that need a CT model (Slicer Logic on a DICOM CT, 3D screening); it says
     nothing about real CT performance.
     """
+    pytest.importorskip("sklearn", reason="building a bundle is training (scikit-learn, the `train` extra); "
+                        "the Slicer-like environment serves only")
     from RadFusionScreenLib.builder import TrainOptions, build_model
     from RadFusionScreenLib.phantoms import write_ct_cohort
 

@@ -113,6 +113,8 @@ def _thread_pools() -> tuple[int, int, int]:
 def test_spawned_workers_start_with_their_share_of_threads(monkeypatch):
     """OpenBLAS, ITK and torch size their pools when they load, before any code of ours in the worker
     could: the limits must be in the worker's environment from its start, the caller's restored."""
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl (reads the BLAS pool size) comes with scikit-learn, "
+                        "the `train` extra; the Slicer-like environment serves only")
     for name in THREAD_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "7")

@@ -14,7 +14,6 @@ import SimpleITK as sitk
 from scipy.special import expit
 
 from conftest import REPO_ROOT, shared_path
-from RadFusionScreenLib.builder import TrainOptions, build_model
 from RadFusionScreenLib.cli import main
 from RadFusionScreenLib.errors import GeometryMismatchError, InputError, MaskError
 from RadFusionScreenLib import screen
@@ -175,6 +174,10 @@ def clinical_bundle(tmp_path_factory) -> Path:
     The labels are random (seeded): on a few real BUSI cases the rad-score can separate the
     classes perfectly (the nomogram is then Firth's fit); this test is about the inputs, not accuracy.
     """
+    pytest.importorskip("sklearn", reason="building a bundle is training (scikit-learn, the `train` extra); "
+                        "the Slicer-like environment serves only")
+    from RadFusionScreenLib.builder import TrainOptions, build_model
+
     busi = shared_path("busi")
     folder = tmp_path_factory.mktemp("clinical")
     manifest = pd.read_csv(busi / "manifest.csv").head(40)
