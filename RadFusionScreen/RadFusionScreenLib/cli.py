@@ -125,7 +125,8 @@ def _add_train_command(commands) -> None:
     parser.add_argument("--icc-type", choices=["A1", "C1"], default="A1",
                         help="ICC(A,1) absolute agreement or ICC(C,1) consistency, from <feature>__repeat columns")
     parser.add_argument("--icc-threshold", type=float, default=0.75)
-    parser.add_argument("--jobs", type=int, default=1, help="parallel grid-search fits (processes)")
+    parser.add_argument("--jobs", type=int, help="processes for the outer CV folds and the final grid search "
+                        "(default: every core; results do not depend on it)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the AUC interval")
     parser.add_argument("--card-notes", help="markdown for the bundle's model card: data source, citation, limitations")
     parser.add_argument("--features", help="manifest input: where to write the extracted feature table")

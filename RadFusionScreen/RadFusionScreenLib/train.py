@@ -43,6 +43,8 @@ not group-aware: it can only affect the penalty chosen, never expose held-out ro
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -50,6 +52,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from joblib import Memory, Parallel, delayed
 from sklearn.base import BaseEstimator, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
@@ -250,6 +253,7 @@ def build_pipeline(
     settings: ModelSettings = ModelSettings(),
     clinical: bool = False,
     categorical_columns: Sequence[str] = (),
+    memory: Memory | None = None,
 ) -> Pipeline:
     """One Pipeline from raw table columns to a probability: every fitted step inside.
 
@@ -263,13 +267,17 @@ def build_pipeline(
     The input is the cohort DataFrame itself (other columns are ignored). Steps before
     the last transformer pass DataFrames on, so ``pipeline[:-1].get_feature_names_out()``
     and each selector's ``selected_features_`` give real column names.
+
+    ``memory``: cache of fitted transformers (scikit-learn's ``Pipeline(memory=...)``): the
+    steps before the classifier are fitted once per training fold and reused by every
+    grid candidate and classifier family fitted on the same rows.
     """
     columns = [str(c) for c in feature_columns]
     if not columns:
         raise InputError("a pipeline needs at least one feature column")
     steps = _clinical_steps(columns, categorical_columns) if clinical else _imaging_steps(columns, settings)
     steps.append(("classifier", make_classifier(classifier, settings.random_state)))
-    return _with_named_outputs(Pipeline(steps))
+    return _with_named_outputs(Pipeline(steps, memory=memory))
 
 
 def _clinical_steps(columns: list[str], categorical_columns: Sequence[str]) -> list[tuple[str, Any]]:
@@ -540,25 +548,49 @@ def cross_validated_predictions(
     y: np.ndarray,
     cv: StratifiedSiteKFold,
     groups: np.ndarray | None = None,
+    n_jobs: int | None = 1,
+    progress: Callable[[str], None] | None = None,
 ) -> CrossValidatedPredictions:
-    """Refit a clone of ``model`` (a whole grid search: nested CV) per outer fold; predict the rest."""
+    """Refit a clone of ``model`` (a whole grid search: nested CV) per outer fold; predict the rest.
+
+    ``n_jobs``: outer folds fitted in parallel processes (each fold's grid search then runs
+    its candidates one after the other); the result does not depend on it.
+    """
     y = np.asarray(y)
-    probability = np.full(y.size, np.nan)
-    lp = np.full(y.size, np.nan)
+    splits = list(cv.split(X, y, groups))
+    if isinstance(model, GridSearchCV):
+        model = clone(model).set_params(n_jobs=1)  # the folds are the parallel unit
+    folds = Parallel(n_jobs=_jobs(n_jobs, len(splits)), return_as="generator")(
+        delayed(_fit_fold)(clone(model), X, y, groups, train, valid) for train, valid in splits)
+    probability, lp = np.full(y.size, np.nan), np.full(y.size, np.nan)
     fold = np.full(y.size, -1)
     aucs, params, inner = [], [], []
-    for k, (train, valid) in enumerate(cv.split(X, y, groups)):
-        fitted = fit_model(clone(model), X.iloc[train], y[train], None if groups is None else groups[train])
-        probability[valid] = predict_probability(fitted, X.iloc[valid])
-        scores = linear_predictor(fitted, X.iloc[valid])
+    for k, ((_, valid), (p, scores, best_params, best_score)) in enumerate(zip(splits, folds)):
+        probability[valid] = p
         if scores is not None:
             lp[valid] = scores
         fold[valid] = k
-        aucs.append(_auc_or_nan(y[valid], probability[valid]))
-        params.append(getattr(fitted, "best_params_", {}))
-        inner.append(float(getattr(fitted, "best_score_", np.nan)))
+        aucs.append(_auc_or_nan(y[valid], p))
+        params.append(best_params)
+        inner.append(best_score)
+        if progress is not None:
+            progress(f"outer fold {k + 1}/{len(splits)} done")
     has_lp = not np.isnan(lp).all()
     return CrossValidatedPredictions(y, probability, lp if has_lp else None, fold, np.array(aucs), params, inner)
+
+
+def _fit_fold(model, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, train: np.ndarray,
+              valid: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], float]:
+    """One outer fold: fit on ``train`` rows; probability, linear predictor, chosen parameters and
+    inner best score of the ``valid`` rows."""
+    fitted = fit_model(model, X.iloc[train], y[train], None if groups is None else groups[train])
+    return (predict_probability(fitted, X.iloc[valid]), linear_predictor(fitted, X.iloc[valid]),
+            getattr(fitted, "best_params_", {}), float(getattr(fitted, "best_score_", np.nan)))
+
+
+def _jobs(n_jobs: int | None, tasks: int) -> int:
+    """Processes to use: ``n_jobs`` (None: every core), never more than the tasks."""
+    return max(1, min(tasks, n_jobs or os.cpu_count() or 1))
 
 
 def _auc_or_nan(y: np.ndarray, score: np.ndarray) -> float:
@@ -664,7 +696,7 @@ def compare_models(
     inner_folds: int = 5,
     n_boot: int = 2000,
     nomogram: bool = True,
-    n_jobs: int = 1,
+    n_jobs: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ModelComparison:
     """Nested-CV comparison of feature sets x classifiers, then the test set (see module doc).
@@ -692,13 +724,27 @@ def compare_models(
         Bootstrap replicates for the test AUC interval.
     nomogram : bool
         Also build rad-score / deep-score and the nomogram model.
+    n_jobs : int or None
+        Processes for the outer folds and the final grid search (None: every core). The
+        results do not depend on it.
     progress : callable, optional
-        Called with one line per finished model.
+        Called with progress lines (model, outer fold) and one line per finished model.
 
-    Run time (n_jobs=1, 2 cores, 200 cases x 1,500 features): about 3.5 min per imaging
-    feature set for the seven families on the full grids with 5 x 5 nested CV; about 20 s
-    with ``grid="quick"``.
+    The steps before the classifier (imputation, ComBat, filters, LASSO / PCA) are fitted
+    once per training fold and reused by every grid candidate and classifier family fitted
+    on the same rows (a fit cache in a temporary folder, removed at the end), with results
+    identical to fitting them every time.
     """
+    with tempfile.TemporaryDirectory(prefix="radfusion-fits-") as cache:
+        comparison = _compare(train, test, columns, label_column, group_column, feature_sets, classifiers,
+                              categorical_columns, settings, grid, outer_folds, inner_folds, n_boot, nomogram,
+                              n_jobs, progress, Memory(cache, verbose=0))
+    _forget_cache(comparison)
+    return comparison
+
+
+def _compare(train, test, columns, label_column, group_column, feature_sets, classifiers, categorical_columns,
+             settings, grid, outer_folds, inner_folds, n_boot, nomogram, n_jobs, progress, memory) -> ModelComparison:
     log = progress or (lambda message: None)
     columns = columns or infer_feature_columns(train)
     settings, notes = _resolve_harmonization(settings, train, test)
@@ -710,7 +756,7 @@ def compare_models(
         settings=settings, grid=grid, n_boot=n_boot, n_jobs=n_jobs,
         outer_cv=StratifiedSiteKFold(outer_folds, site, random_state=settings.random_state),
         inner_cv=StratifiedSiteKFold(inner_folds, site, random_state=settings.random_state + 1),
-        categorical_columns=tuple(categorical_columns),
+        categorical_columns=tuple(categorical_columns), memory=memory, log=log,
     )
     failed: dict[str, str] = {}
     results = _evaluate_all(context, columns, feature_sets, classifiers, notes, failed, log)
@@ -726,6 +772,15 @@ def compare_models(
     return ModelComparison(results, best, context.y_train, context.y_test, scores_train, scores_test,
                            fitted_nomogram, settings, notes, score_models,
                            _clinical_fill_values(train, list(columns.clinical), categorical), failed)
+
+
+def _forget_cache(comparison: ModelComparison) -> None:
+    """The fitted models outlive the comparison's fit cache: they no longer point at it."""
+    for result in comparison.results.values():
+        for pipeline in (result.model, getattr(result.model, "estimator", None),
+                         getattr(result.model, "best_estimator_", None)):
+            if isinstance(pipeline, Pipeline):
+                pipeline.set_params(memory=None)
 
 
 def best_result(results: Iterable[ModelResult]) -> ModelResult | None:
@@ -747,6 +802,8 @@ class _Context:
     outer_cv: StratifiedSiteKFold
     inner_cv: StratifiedSiteKFold
     categorical_columns: tuple[str, ...]
+    memory: Memory | None = None  # fitted-transformer cache shared by every model of the comparison
+    log: Callable[[str], None] = lambda message: None
 
 
 def _evaluate_all(context: _Context, columns: FeatureColumns, feature_sets: Sequence[str],
@@ -848,12 +905,16 @@ def _evaluate(context: _Context, feature_set: str, classifier: str, feature_colu
     started = time.perf_counter()
     settings = settings or context.settings
     pipeline = build_pipeline(feature_columns, classifier, settings, clinical=feature_set == "clinical",
-                              categorical_columns=context.categorical_columns)
-    search = build_search(pipeline, param_grid(classifier, context.grid), context.inner_cv, context.n_jobs)
-    cv = cross_validated_predictions(search, context.train, context.y_train, context.outer_cv, context.groups)
+                              categorical_columns=context.categorical_columns, memory=context.memory)
+    search = build_search(pipeline, param_grid(classifier, context.grid), context.inner_cv, _jobs(context.n_jobs, 64))
+    name = f"{feature_set}/{classifier}"
+    context.log(f"{name}: nested CV ({context.outer_cv.n_splits} outer folds)")
+    cv = cross_validated_predictions(search, context.train, context.y_train, context.outer_cv, context.groups,
+                                     context.n_jobs, lambda line: context.log(f"{name}: {line}"))
+    context.log(f"{name}: final fit on the training set")
     final = fit_model(clone(search), context.train, context.y_train, context.groups)
     result = ModelResult(
-        name=f"{feature_set}/{classifier}", feature_set=feature_set, classifier=classifier, cv=cv,
+        name=name, feature_set=feature_set, classifier=classifier, cv=cv,
         threshold=_training_threshold(context.y_train, cv.probability), model=final,
         selected_features=selected_feature_names(final), best_params=getattr(final, "best_params_", {}),
         seconds=0.0,

@@ -193,13 +193,16 @@ def test_combat_and_folds_see_training_rows_only():
         split.train, split.test, columns=radiomic_columns(table), group_column="duplicate_group",
         feature_sets=("radiomic",), classifiers=("lr",), grid="quick", outer_folds=outer, inner_folds=inner,
         settings=ModelSettings(harmonizer=RecordingHarmonizer(), lasso_folds=3), nomogram=False, n_boot=100,
+        n_jobs=1,  # fits recorded in this process
     )
     fits = RecordingHarmonizer.fitted_rows
     train_rows, test_rows = frozenset(split.train.index), frozenset(split.test.index)
     result = comparison.results["radiomic/lr"]
-    n_candidates = 2  # quick LR grid
-    per_search = inner * n_candidates + 1  # inner CV fits + refit of the best
+    # The fit cache fits ComBat once per training set, however many grid candidates (2 here)
+    # use it: per search, the inner CV's training sets and the refit's.
+    per_search = inner + 1
     assert len(fits) == outer * per_search + per_search  # nested CV, then the final search
+    assert len(set(fits)) == len(fits), "a training set was harmonised twice: the fit cache was not used"
     assert all(not rows & test_rows for rows in fits), "ComBat saw a test row"
     # every fit but the last search's refit leaves out at least one whole outer fold
     outer_training_sets = [train_rows - frozenset(split.train.index[result.cv.fold == k]) for k in range(outer)]
