@@ -78,7 +78,6 @@ def case_report_html(result: Any, views_png: bytes | None, *, case_id: str, desc
     from .figures import case_marks, colour_bar_png, figure_png, nomogram_figure, waterfall_figure
 
     date = date or datetime.now(timezone.utc)
-    model = result.model or {}
     sections = [_header(result, case_id, description, date), _answer(result)]
     views = []
     if views_png:

@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ctk
 import qt
 import slicer
 

@@ -6,7 +6,6 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
-import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
