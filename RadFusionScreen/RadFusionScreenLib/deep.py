@@ -345,9 +345,12 @@ def _volume_arrays(
         pixels = sitk.GetArrayViewFromImage(image)[None]
         inside = sitk.GetArrayViewFromImage(mask)[None] != 0
         return pixels, inside, spacing, source, source
-    image, mask = _axial_to_lps(image), _axial_to_lps(mask)
-    inside = sitk.GetArrayViewFromImage(mask) != 0
-    return sitk.GetArrayViewFromImage(image), inside, image.GetSpacing(), _Grid.of(image), source
+    oriented, oriented_mask = _axial_to_lps(image), _axial_to_lps(mask)
+    inside = sitk.GetArrayViewFromImage(oriented_mask) != 0
+    # A view does not keep its image alive: a reoriented image is freed when this returns, and
+    # its view would then read reused memory (other CNN inputs on every run). Copy that one.
+    pixels = sitk.GetArrayViewFromImage(image) if oriented is image else sitk.GetArrayFromImage(oriented)
+    return pixels, inside, oriented.GetSpacing(), _Grid.of(oriented), source
 
 
 def _axial_to_lps(image: sitk.Image) -> sitk.Image:
