@@ -809,19 +809,44 @@ class _Context:
 def _evaluate_all(context: _Context, columns: FeatureColumns, feature_sets: Sequence[str],
                   classifiers: Sequence[str], notes: list[str], failed: dict[str, str],
                   log: Callable[[str], None]) -> dict[str, ModelResult]:
-    """Every feature set x classifier, in the order given; a model that fails is noted, not fatal."""
+    """Every feature set x classifier, in the order given; a model that fails is noted, not fatal.
+
+    A feature set with exactly the columns of one evaluated before (fused without deep
+    features is the radiomic set) gets that set's results: refitting would repeat the same
+    computation and give the same numbers.
+    """
     results: dict[str, ModelResult] = {}
+    evaluated: dict[tuple[str, ...], str] = {}
     for feature_set in feature_sets:
         feature_columns = columns.for_set(feature_set)
         if not feature_columns:
             notes.append(f"feature set {feature_set!r} skipped: it has no columns")
             continue
+        same_as = evaluated.get(tuple(feature_columns)) if feature_set != "clinical" else None
+        if same_as is not None:
+            _copy_results(same_as, feature_set, classifiers, results, failed)
+            notes.append(f"feature set {feature_set!r} has the same columns as {same_as!r}: its models are "
+                         f"{same_as!r}'s (not fitted twice)")
+            log(notes[-1])
+            continue
+        if feature_set != "clinical":
+            evaluated[tuple(feature_columns)] = feature_set
         for classifier in classifiers:
             result = _evaluate_or_note(f"{feature_set}/{classifier}", notes, failed, log,
                                        lambda: _evaluate(context, feature_set, classifier, feature_columns))
             if result is not None:
                 results[result.name] = result
     return results
+
+
+def _copy_results(source: str, feature_set: str, classifiers: Sequence[str], results: dict[str, ModelResult],
+                  failed: dict[str, str]) -> None:
+    for classifier in classifiers:
+        name = f"{feature_set}/{classifier}"
+        if f"{source}/{classifier}" in results:
+            results[name] = replace(results[f"{source}/{classifier}"], name=name, feature_set=feature_set)
+        elif f"{source}/{classifier}" in failed:
+            failed[name] = failed[f"{source}/{classifier}"]
 
 
 def _evaluate_or_note(name: str, notes: list[str], failed: dict[str, str], log: Callable[[str], None],
