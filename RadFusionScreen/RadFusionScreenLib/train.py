@@ -44,7 +44,6 @@ not group-aware: it can only affect the penalty chosen, never expose held-out ro
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -52,7 +51,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from joblib import Memory, Parallel, delayed
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
@@ -68,6 +67,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
 from .errors import InputError
+from .fit_cache import FitCache
 from .harmonize import ComBatHarmonizer
 from .select import CorrelationPruner, LassoSelector, UnivariateFilter, VarianceFilter
 from .stats import (
@@ -253,7 +253,7 @@ def build_pipeline(
     settings: ModelSettings = ModelSettings(),
     clinical: bool = False,
     categorical_columns: Sequence[str] = (),
-    memory: Memory | None = None,
+    memory: FitCache | None = None,
 ) -> Pipeline:
     """One Pipeline from raw table columns to a probability: every fitted step inside.
 
@@ -268,9 +268,9 @@ def build_pipeline(
     the last transformer pass DataFrames on, so ``pipeline[:-1].get_feature_names_out()``
     and each selector's ``selected_features_`` give real column names.
 
-    ``memory``: cache of fitted transformers (scikit-learn's ``Pipeline(memory=...)``): the
-    steps before the classifier are fitted once per training fold and reused by every
-    grid candidate and classifier family fitted on the same rows.
+    ``memory``: cache of fitted transformers (scikit-learn's ``Pipeline(memory=...)``, a
+    :class:`~.fit_cache.FitCache`): the steps before the classifier are fitted once per
+    training fold and reused by every grid candidate and classifier family fitted on the same rows.
     """
     columns = [str(c) for c in feature_columns]
     if not columns:
@@ -732,13 +732,16 @@ def compare_models(
 
     The steps before the classifier (imputation, ComBat, filters, LASSO / PCA) are fitted
     once per training fold and reused by every grid candidate and classifier family fitted
-    on the same rows (a fit cache in a temporary folder, removed at the end), with results
-    identical to fitting them every time.
+    on the same rows (:class:`~.fit_cache.FitCache`, in memory, freed at the end), with
+    results identical to fitting them every time.
     """
-    with tempfile.TemporaryDirectory(prefix="radfusion-fits-") as cache:
+    cache = FitCache()
+    try:
         comparison = _compare(train, test, columns, label_column, group_column, feature_sets, classifiers,
                               categorical_columns, settings, grid, outer_folds, inner_folds, n_boot, nomogram,
-                              n_jobs, progress, Memory(cache, verbose=0))
+                              n_jobs, progress, cache)
+    finally:
+        cache.clear()
     _forget_cache(comparison)
     return comparison
 
@@ -802,7 +805,7 @@ class _Context:
     outer_cv: StratifiedSiteKFold
     inner_cv: StratifiedSiteKFold
     categorical_columns: tuple[str, ...]
-    memory: Memory | None = None  # fitted-transformer cache shared by every model of the comparison
+    memory: FitCache | None = None  # fitted-transformer cache shared by every model of the comparison
     log: Callable[[str], None] = lambda message: None
 
 
