@@ -91,14 +91,20 @@ class RadiomicExtractor:
         params_hash: sha256 of the canonical params JSON (cache key part).
     """
 
-    def __init__(self, params: str | Path | Mapping[str, Any], processes: int = 1) -> None:
+    def __init__(self, params: str | Path | Mapping[str, Any], processes: int = 1, threads: int | None = None) -> None:
         """``processes`` > 1 computes the filtered images' features in that many worker
-        processes (see :meth:`execute`); 1 (default) runs everything in this process."""
+        processes (see :meth:`execute`); 1 (default) runs everything in this process, the
+        filtered images of a 3D case in ``threads`` threads (default: ITK's thread count, i.e.
+        the cores, or ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, which cohort workers set to their share)."""
         _prepare_pyradiomics()
         self.processes = max(1, int(processes))
+        self.threads = max(1, int(threads if threads is not None else sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()))
         self._pool: Any = None
+        self._thread_parts: list[Any] | None = None
         from radiomics import __version__ as radiomics_version
         from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+        from .radiomic_fast import ScopedFeatureExtractor
 
         self.source = str(params) if isinstance(params, (str, Path)) else "<dict>"
         raw = _load_params(params)
@@ -121,7 +127,8 @@ class RadiomicExtractor:
         inner = copy.deepcopy(raw)
         # preCrop is reproduced by our own crop (see crop_margin), and must not re-crop a resampled image.
         inner["setting"].update(normalize=False, resampledPixelSpacing=None, preCrop=False)
-        self._inner = RadiomicsFeatureExtractor(inner)
+        # Our own calls use pyradiomics' classes with lower fixed costs (same values, see radiomic_fast).
+        self._inner = ScopedFeatureExtractor(inner)
         self._inner_params = inner
 
     def __repr__(self) -> str:
@@ -160,15 +167,18 @@ class RadiomicExtractor:
         skipped = skipped_log_images(self._reference.enabledImagetypes, self._reference.settings, image)
         notes += [f"{name}: {why}; its features are empty (NaN)" for name, why in skipped.items()]
         try:
-            # one-slice pictures take ~0.2 s: shipping them to workers costs more than it saves
+            # one-slice pictures take ~0.2 s: shipping them to workers or threads costs more than it saves
             if extractor is self._inner and self.processes > 1 and image.GetSize()[2] > 1:
                 result = self._execute_in_parts(image, mask)
+            elif extractor is self._inner and self.threads > 1 and image.GetSize()[2] > 1:
+                result = self._execute_in_threads(image, mask)
             else:
                 result = extractor.execute(image, mask)
         except ValueError as exc:
             raise _translate_error(exc, label) from exc
-        # np.real: glcm MCC comes back as a complex number with zero imaginary part.
-        features = {name: float(np.real(value)) for name, value in result.items() if not name.startswith("diagnostics_")}
+        # .real: glcm MCC comes back as a complex number with zero imaginary part (numbers and
+        # numpy values all have .real; np.real would cost a function call per feature).
+        features = {name: float(value.real) for name, value in result.items() if not name.startswith("diagnostics_")}
         return _with_empty_images(features, list(skipped), self._reference.enabledImagetypes,
                                   self._reference.settings, self._reference.enabledFeatures), notes
 
@@ -197,6 +207,15 @@ class RadiomicExtractor:
             self.close()
             self.processes = 1
             return self._inner.execute(image, mask)
+
+    def _execute_in_threads(self, image: sitk.Image, mask: sitk.Image) -> dict[str, Any]:
+        """The inner extraction split by filtered image as in :meth:`_execute_in_parts`, in
+        threads of this process (no process a user or Slicer sees); same values, tested."""
+        from .radiomic_fast import ScopedFeatureExtractor, execute_in_threads
+
+        if self._thread_parts is None:
+            self._thread_parts = [ScopedFeatureExtractor(part) for part in split_params(self._inner_params)]
+        return execute_in_threads(self._thread_parts, image, mask, self.threads)
 
     def _worker_pool(self, n_parts: int) -> Any:
         if self._pool is None:
@@ -302,9 +321,9 @@ def _execute_part(params_json: str, image: sitk.Image, mask: sitk.Image) -> dict
     """Worker side: one part's extractor (built once per process), then its features."""
     if params_json not in _PART_EXTRACTORS:
         _prepare_pyradiomics()
-        from radiomics.featureextractor import RadiomicsFeatureExtractor
+        from .radiomic_fast import ScopedFeatureExtractor
 
-        _PART_EXTRACTORS[params_json] = RadiomicsFeatureExtractor(json.loads(params_json))
+        _PART_EXTRACTORS[params_json] = ScopedFeatureExtractor(json.loads(params_json))
     return dict(_PART_EXTRACTORS[params_json].execute(image, mask))
 
 

@@ -1,0 +1,223 @@
+"""radiomic_fast: pyradiomics' feature values, bit for bit, from the faster feature classes and threads.
+
+Every comparison is exact (==, NaN equal to NaN): the fast classes keep each floating-point
+operation and its order, so any difference is a bug, however small.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from radiomics import getFeatureClasses
+from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+from conftest import shared_path
+from RadFusionScreenLib import radiomic_fast, radiomic_nogil
+from RadFusionScreenLib.io import read_image, read_mask
+from RadFusionScreenLib.radiomic import RadiomicExtractor, default_params_path
+from RadFusionScreenLib.radiomic_fast import ScopedFeatureExtractor
+from test_radiomic import ct_like
+
+ALL_CLASSES = {"shape": None, "firstorder": None, "glcm": None, "glrlm": None, "glszm": None, "gldm": None,
+               "ngtdm": None}
+# LIDC crops: a wide wavelet-LLL gray-level range (~200 bins: large GLCMs; the widest, 379 bins,
+# also agrees but costs pyradiomics' dense MCC 35 s), a RAS-stored crop, a 2-slice crop (empty
+# GLCM angles are deleted, thin-volume treatments apply).
+LIDC_CASES = ("LIDC-IDRI-0375_R_1", "LIDC-IDRI-0262_R_1", "LIDC-IDRI-0321_R_2")
+
+
+def assert_identical(expected: dict, got: dict) -> None:
+    assert list(got) == list(expected)  # same features, same order
+    differing = [name for name, value in expected.items() if not _same(value, got[name])]
+    assert not differing, f"{len(differing)} features differ, e.g. {[(n, expected[n], got[n]) for n in differing[:3]]}"
+
+
+def _same(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and bool(np.all((a == b) | (np.isnan(np.real(a)) & np.isnan(np.real(b)))))
+
+
+def both_extractors(params: dict, image: sitk.Image, mask: sitk.Image) -> tuple[dict, dict]:
+    stock = RadiomicsFeatureExtractor(params).execute(image, mask)
+    fast = ScopedFeatureExtractor(params).execute(image, mask)
+    return _features(stock), _features(fast)
+
+
+def _features(result: dict) -> dict:
+    return {name: value for name, value in result.items() if not name.startswith("diagnostics_")}
+
+
+def textured(seed: int, shape=(9, 24, 26), levels: float = 400.0) -> tuple[sitk.Image, sitk.Image]:
+    """A smooth + noisy volume and a blob-shaped ROI (integers, so bin widths cut it into many levels)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    smooth = np.sin(x / 3.0 + seed) * np.cos(y / 4.0) + 0.3 * z
+    voxels = np.round(levels * smooth + 40 * rng.standard_normal(shape)).astype(np.int32)
+    centre = np.array(shape) / 2
+    inside = ((z - centre[0]) / 3.5) ** 2 + ((y - centre[1]) / 8) ** 2 + ((x - centre[2]) / 9) ** 2 < 1
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing((0.8, 0.7, 2.0))
+    mask = sitk.GetImageFromArray(inside.astype(np.uint8))
+    mask.CopyInformation(image)
+    return image, mask
+
+
+SETTINGS = {
+    "default": {"binWidth": 25},
+    "fine bins (large Ng)": {"binWidth": 8},
+    "bin count, 2 distances, asymmetric GLCM": {"binCount": 32, "distances": [1, 2], "symmetricalGLCM": False},
+    "weighted (one GLCM angle left)": {"binWidth": 10, "weightingNorm": "manhattan"},
+    "force2D": {"binWidth": 10, "force2D": True, "force2Ddimension": 0},
+    "gldm alpha, shift": {"binWidth": 15, "gldm_a": 2, "voxelArrayShift": 1000},
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("setting", list(SETTINGS), ids=list(SETTINGS))
+def test_fast_classes_equal_pyradiomics(setting, seed):
+    image, mask = textured(seed)
+    params = {"imageType": {"Original": {}, "LoG": {"sigma": [1.0]}}, "featureClass": ALL_CLASSES,
+              "setting": SETTINGS[setting]}
+    stock, fast = both_extractors(params, image, mask)
+    assert len(stock) == 200  # 14 shape + 2 images x 93 texture features
+    assert_identical(stock, fast)
+
+
+def test_flat_two_voxel_and_one_slice_rois():
+    """One gray level (MCC's flat-region 1, NaN correlations), a 3-voxel ROI, an ROI in one slice."""
+    image, _ = textured(3)
+    params = {"imageType": {"Original": {}}, "featureClass": ALL_CLASSES, "setting": {"binWidth": 25}}
+    shape = sitk.GetArrayViewFromImage(image).shape
+    rois = {"flat": np.zeros(shape, np.uint8), "three voxels": np.zeros(shape, np.uint8),
+            "one slice": np.zeros(shape, np.uint8)}
+    rois["flat"][3:6, 5:10, 5:10] = 1
+    rois["three voxels"][4, 7, 7:9] = rois["three voxels"][4, 8, 7] = 1
+    rois["one slice"][4, 3:15, 4:17] = 1
+    flat = sitk.GetArrayFromImage(image)
+    flat[3:6, 5:10, 5:10] = 100
+    images = {"flat": sitk.GetImageFromArray(flat), "three voxels": image, "one slice": image}
+    for name, roi in rois.items():
+        images[name].CopyInformation(image)
+        mask = sitk.GetImageFromArray(roi)
+        mask.CopyInformation(image)
+        stock, fast = both_extractors(params, images[name], mask)
+        assert_identical(stock, fast)
+
+
+def test_mcc_q_equals_pyradiomics_dense_sum():
+    """The sparse Q of MCC against pyradiomics' own loop, on GLCMs from 1 % to 100 % occupied."""
+    rng = np.random.default_rng(5)
+    for occupancy in (0.01, 0.1, 0.5, 1.0):
+        counts = rng.integers(1, 50, size=(1, 40, 40, 13)) * (rng.random((1, 40, 40, 13)) < occupancy)
+        P = (counts + counts.transpose(0, 2, 1, 3)).astype(float)  # noqa: N806
+        P /= P.sum((1, 2), keepdims=True)
+        px, py, eps = P.sum(2, keepdims=True), P.sum(1, keepdims=True), np.spacing(1)
+        dense = (P[:, :, None, 0, :] * P[:, None, :, 0, :]) / (px[:, :, None, 0, :] * py[:, None, :, 0, :] + eps)
+        for gl in range(1, P.shape[1]):  # pyradiomics' getMCCFeatureValue
+            dense += (P[:, :, None, gl, :] * P[:, None, :, gl, :]) / (px[:, :, None, 0, :] * py[:, None, :, gl, :] + eps)
+        assert np.array_equal(radiomic_fast._mcc_q(P, px, py, eps), dense)
+
+
+def _volume_for_native(seed: int, shape=(30, 40, 45)) -> tuple[np.ndarray, np.ndarray]:
+    """A discretised volume (gray levels 1..12) and blob mask larger than NATIVE_MIN_VOXELS."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    levels = np.clip(np.round(6 + 3 * np.sin(x / 4.0) + rng.normal(0, 1.5, shape)), 1, 12).astype(np.int64)
+    centre = np.array(shape) / 2
+    inside = ((z - centre[0]) / 12) ** 2 + ((y - centre[1]) / 15) ** 2 + ((x - centre[2]) / 17) ** 2 < 1
+    assert levels.size >= radiomic_nogil.NATIVE_MIN_VOXELS
+    return levels, inside
+
+
+@pytest.mark.parametrize("force2D", [False, True])
+def test_native_c_calls_equal_the_extension(force2D):  # noqa: N803
+    """pyradiomics' C functions called with the GIL released return what its extension returns."""
+    from radiomics import cMatrices, cShape
+
+    import ctypes
+
+    assert radiomic_nogil.AVAILABLE, "pyradiomics-bhklab 3.1.4's C functions should be callable"
+    assert not isinstance(radiomic_nogil._MATRICES, ctypes.PyDLL)  # CDLL calls release the GIL
+    image, mask = _volume_for_native(4)
+    image[mask] = np.maximum(image[mask], 1)
+    ng, distances = int(image[mask].max()), np.array([1, 2])
+    calls = {
+        "calculate_glcm": (image, mask, distances, ng, force2D, 1),
+        "calculate_glszm": (image, mask, ng, int(mask.sum()), force2D, 1),
+        "calculate_glrlm": (image, mask, ng, max(image.shape), force2D, 1),
+        "calculate_ngtdm": (image, mask, distances, ng, force2D, 1),
+        "calculate_gldm": (image, mask, distances, ng, 1, force2D, 1),
+    }
+    for name, args in calls.items():
+        expected, got = getattr(cMatrices, name)(*args), getattr(radiomic_nogil, name)(*args)
+        for e, g in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else (got,)):
+            assert e.dtype == g.dtype and np.array_equal(e, g), name
+    padded, spacing = np.pad(mask, 1), np.array([2.5, 0.7, 0.8])
+    assert radiomic_nogil.calculate_coefficients(padded, spacing) == cShape.calculate_coefficients(padded, spacing)
+    with pytest.raises(IndexError, match="GLCM"):  # the extension's error for a gray level above Ng
+        radiomic_nogil.calculate_glcm(image, mask, distances, ng - 1, force2D, 1)
+
+
+def test_fast_classes_through_the_gil_free_calls(monkeypatch):
+    """Small images normally take the extension's own calls; here every call goes through ctypes."""
+    monkeypatch.setattr(radiomic_nogil, "NATIVE_MIN_VOXELS", 0)
+    for setting in ("default", "bin count, 2 distances, asymmetric GLCM", "force2D", "gldm alpha, shift"):
+        image, mask = textured(0)
+        params = {"imageType": {"Original": {}, "LoG": {"sigma": [1.0]}}, "featureClass": ALL_CLASSES,
+                  "setting": SETTINGS[setting]}
+        assert_identical(*both_extractors(params, image, mask))
+
+
+def test_pyradiomics_itself_is_untouched():
+    """The fast classes are ours alone: pyradiomics' class table and extractor are its own."""
+    ScopedFeatureExtractor({"imageType": {"Original": {}}, "featureClass": ALL_CLASSES})
+    classes = getFeatureClasses()
+    assert all(cls.__module__.startswith("radiomics.") for cls in classes.values())
+    assert RadiomicsFeatureExtractor.computeFeatures is not ScopedFeatureExtractor.computeFeatures
+    # the fast classes report pyradiomics' own feature table (names and deprecated flags)
+    for name, fast in radiomic_fast.FEATURE_CLASSES.items():
+        assert fast.getFeatureNames() == classes[name].getFeatureNames()
+
+
+def with_stock_classes(extractor: RadiomicExtractor) -> RadiomicExtractor:
+    """The same engine (crop, resampling, thin-volume treatments), pyradiomics' own classes, one thread."""
+    extractor._inner = RadiomicsFeatureExtractor(extractor._inner_params)
+    extractor.threads = 1
+    return extractor
+
+
+@pytest.mark.parametrize("case", LIDC_CASES)
+def test_lidc_crops_equal_the_stock_classes(case):
+    """Shipped CT params on real nodule crops: fast classes == pyradiomics' classes, every feature."""
+    lidc = shared_path("lidc")
+    image = read_image(lidc / "images" / f"{case}.nii.gz")
+    mask = read_mask(lidc / "masks" / f"{case}.nii.gz", reference=image)
+    fast, fast_notes = RadiomicExtractor(default_params_path("CT"), threads=1).execute_case(image, mask)
+    stock, stock_notes = with_stock_classes(RadiomicExtractor(default_params_path("CT"))).execute_case(image, mask)
+    assert len(stock) > 1000 and fast_notes == stock_notes
+    assert_identical(stock, fast)
+
+
+def test_threads_equal_one_sequential_run():
+    """Filtered images in threads (the in-process default for 3D) == one sequential run."""
+    image, mask = ct_like()
+    params = {"imageType": {"Original": {}, "LoG": {"sigma": [1.0, 2.0]}, "Wavelet": {}},
+              "featureClass": ALL_CLASSES, "setting": {"binWidth": 25}}
+    sequential = RadiomicExtractor(params, threads=1).execute(image, mask)
+    threaded = RadiomicExtractor(params, threads=3).execute(image, mask)
+    assert_identical(sequential, threaded)
+    assert sum(name.startswith("original_shape_") for name in threaded) > 0
+
+
+def test_sts001_ct_in_threads_equals_the_stock_classes():
+    """The STS_001 CT (117k-voxel ROI): fast classes in threads == stock classes, one thread."""
+    folder = shared_path("dicom", "sts_rtstruct", "STS_001", "CT", "nifti")
+    image = sitk.ReadImage(str(folder / "image" / "image.nii.gz"))
+    mask = sitk.ReadImage(str(folder / "mask" / "mask.nii.gz"))
+    threaded = RadiomicExtractor(default_params_path("CT"), threads=2).execute(image, mask)
+    stock = with_stock_classes(RadiomicExtractor(default_params_path("CT"))).execute(image, mask)
+    assert_identical(stock, threaded)
+    assert not any(math.isnan(v) for v in threaded.values())
