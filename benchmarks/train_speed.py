@@ -89,7 +89,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["noise", "busi"], choices=["noise", "busi"])
     args = parser.parse_args()
     before_engine = Path(args.before).resolve()
-    figures = {"cpu_count": os.cpu_count(), "cases": {}}
+    out = RESULTS / "train_speed.json"
+    figures = json.loads(out.read_text()) if out.is_file() else {"cases": {}}  # other cases' last run kept
+    figures["cpu_count"] = os.cpu_count()
     for case in args.cases:
         table = noise_table() if case == "noise" else busi_table(REPO)
         old_seconds, old = train(before_engine, table)
@@ -97,12 +99,11 @@ def main() -> None:
         found = differences(old, new)
         figures["cases"][case] = {"before_s": old_seconds, "after_s": new_seconds, "speed_up": old_seconds / new_seconds,
                                   "best_model": new["best_model"], "same_answers": not found, "differences": found,
-                                  "models": len(new["models"])}
+                                  "models": len(new["models"]), "measured": time.strftime("%Y-%m-%d %H:%M")}
         print(f"{case:6s} before {old_seconds / 60:5.1f} min | after {new_seconds / 60:5.1f} min | "
               f"x{old_seconds / new_seconds:.1f} | best {new['best_model']} | same answers: {not found}")
         for line in found:
             print(f"   {line}")
-    out = RESULTS / "train_speed.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"-> {out.relative_to(REPO)}")
 
