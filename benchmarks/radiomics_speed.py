@@ -133,14 +133,16 @@ def _same_tables(first: Path, second: Path) -> dict:
     a, b = pd.read_csv(first), pd.read_csv(second)
     if list(a.columns) != list(b.columns) or len(a) != len(b):
         return {"identical": False, "reason": "different columns or rows"}
-    differing = {}
+    differing, rows = {}, set()
     for column in a.columns:
         left, right = a[column], b[column]
         same = (left == right) | (left.isna() & right.isna())
         if not same.all():
             differing[column] = int((~same).sum())
+            rows.update(a.loc[~same, "case_id"])
     families = sorted({c.split("_", 1)[0] for c in differing})
-    return {"identical": not differing, "differing_columns": len(differing), "families": families}
+    return {"identical": not differing, "differing_columns": len(differing), "families": families,
+            "cases": sorted(rows)[:20]}
 
 
 # ---------------------------------------------------------------------- STS_001 in process
@@ -210,7 +212,10 @@ def print_table(report: dict, names: list[str]) -> None:
             row = "".join(f"{cohort[variant][n]['wall_s']:>15.1f} s /{cohort[variant][n]['cpu_s']:>6.0f} s" for n in names)
             print(f"{'LIDC ' + str(cohort['cases']) + ' crops, --workers 2, ' + label:<46}{row}")
             if "tables_identical" in cohort[variant]:
-                print(f"{'  feature tables before == after':<46}{cohort[variant]['tables_identical']}")
+                same = cohort[variant]["tables_identical"]
+                detail = "yes" if same["identical"] else (f"no: {same['differing_columns']} columns "
+                                                          f"({', '.join(same['families'])}) in {', '.join(same['cases'])}")
+                print(f"{'  feature tables before == after':<46}{detail}")
     ct = report.get("sts001_in_process")
     if ct:
         row = "".join(f"{ct[n]['screen_s']:>15.2f} s /{ct[n]['screen_cpu_s']:>6.1f} s" for n in names)
@@ -219,7 +224,7 @@ def print_table(report: dict, names: list[str]) -> None:
         print(f"{'  plain pyradiomics, same process':<46}{row}")
         print(f"{'  ratio screen / plain pyradiomics':<46}" + "".join(f"{ct[n]['ratio']:>26.2f}" for n in names))
         if "radiomic_features_identical" in ct:
-            print(f"{'  radiomic features before == after':<46}{ct['radiomic_features_identical']}")
+            print(f"{'  radiomic features before == after':<46}{'yes' if ct['radiomic_features_identical'] else 'NO'}")
     print(f"CUDA: {report['cuda']}")
 
 

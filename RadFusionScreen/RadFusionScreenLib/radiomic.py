@@ -170,7 +170,7 @@ class RadiomicExtractor:
             # one-slice pictures take ~0.2 s: shipping them to workers or threads costs more than it saves
             if extractor is self._inner and self.processes > 1 and image.GetSize()[2] > 1:
                 result = self._execute_in_parts(image, mask)
-            elif extractor is self._inner and self.threads > 1 and image.GetSize()[2] > 1:
+            elif extractor is self._inner and self.threads > 1 and _worth_threads(image):
                 result = self._execute_in_threads(image, mask)
             else:
                 result = extractor.execute(image, mask)
@@ -288,6 +288,15 @@ def _check_not_constant(image: sitk.Image) -> None:
         raise InputError(f"the image is constant (every voxel is {stats.GetMean():g}): the params normalise "
                          "intensities (normalize: true), which is undefined for it; check that the right series "
                          "was loaded")
+
+
+# Below this many voxels on the extraction grid (a 30 x 30 x 15 nodule crop has ~13k) the work is
+# mostly pyradiomics' per-call Python, which holds the GIL: threads would only add their set-up.
+_THREADED_MIN_VOXELS = 100_000
+
+
+def _worth_threads(image: sitk.Image) -> bool:
+    return image.GetSize()[2] > 1 and image.GetNumberOfPixels() >= _THREADED_MIN_VOXELS
 
 
 def split_params(params: Mapping[str, Any]) -> list[dict[str, Any]]:

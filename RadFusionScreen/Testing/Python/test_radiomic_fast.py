@@ -207,9 +207,20 @@ def test_threads_equal_one_sequential_run():
     params = {"imageType": {"Original": {}, "LoG": {"sigma": [1.0, 2.0]}, "Wavelet": {}},
               "featureClass": ALL_CLASSES, "setting": {"binWidth": 25}}
     sequential = RadiomicExtractor(params, threads=1).execute(image, mask)
-    threaded = RadiomicExtractor(params, threads=3).execute(image, mask)
+    extractor = RadiomicExtractor(params, threads=3)
+    threaded = extractor.execute(image, mask)
+    assert extractor._thread_parts is not None  # it did run in threads (a 113 x 112 x 36 grid)
     assert_identical(sequential, threaded)
     assert sum(name.startswith("original_shape_") for name in threaded) > 0
+
+
+def test_small_crops_run_without_threads():
+    """A nodule-sized grid is mostly GIL-bound Python: no threads there."""
+    image, mask = textured(0)
+    extractor = RadiomicExtractor({"imageType": {"Original": {}, "LoG": {"sigma": [1.0]}},
+                                   "featureClass": {"firstorder": None}}, threads=4)
+    extractor.execute(image, mask)
+    assert extractor._thread_parts is None
 
 
 def test_sts001_ct_in_threads_equals_the_stock_classes():
@@ -217,7 +228,9 @@ def test_sts001_ct_in_threads_equals_the_stock_classes():
     folder = shared_path("dicom", "sts_rtstruct", "STS_001", "CT", "nifti")
     image = sitk.ReadImage(str(folder / "image" / "image.nii.gz"))
     mask = sitk.ReadImage(str(folder / "mask" / "mask.nii.gz"))
-    threaded = RadiomicExtractor(default_params_path("CT"), threads=2).execute(image, mask)
+    extractor = RadiomicExtractor(default_params_path("CT"), threads=2)
+    threaded = extractor.execute(image, mask)
+    assert extractor._thread_parts is not None
     stock = with_stock_classes(RadiomicExtractor(default_params_path("CT"))).execute(image, mask)
     assert_identical(stock, threaded)
     assert not any(math.isnan(v) for v in threaded.values())
