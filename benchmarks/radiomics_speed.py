@@ -209,12 +209,14 @@ def print_table(report: dict, names: list[str]) -> None:
     cohort = report.get("lidc_cohort")
     if cohort:
         for variant, label in (("default", "default (deep features)"), ("no_deep", "--no-deep")):
-            row = "".join(f"{cohort[variant][n]['wall_s']:>15.1f} s /{cohort[variant][n]['cpu_s']:>6.0f} s" for n in names)
+            figures = cohort[variant]
+            row = "".join(f"{figures[n]['wall_s']:>15.1f} s /{figures[n]['cpu_s']:>6.0f} s" for n in names)
             print(f"{'LIDC ' + str(cohort['cases']) + ' crops, --workers 2, ' + label:<46}{row}")
             if "tables_identical" in cohort[variant]:
                 same = cohort[variant]["tables_identical"]
-                detail = "yes" if same["identical"] else (f"no: {same['differing_columns']} columns "
-                                                          f"({', '.join(same['families'])}) in {', '.join(same['cases'])}")
+                detail = "yes" if same["identical"] else (
+                    f"no: {same['differing_columns']} columns ({', '.join(same['families'])}) "
+                    f"in {', '.join(same['cases'])}")
                 print(f"{'  feature tables before == after':<46}{detail}")
     ct = report.get("sts001_in_process")
     if ct:

@@ -98,7 +98,8 @@ class RadiomicExtractor:
         the cores, or ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS, which cohort workers set to their share)."""
         _prepare_pyradiomics()
         self.processes = max(1, int(processes))
-        self.threads = max(1, int(threads if threads is not None else sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()))
+        itk_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        self.threads = max(1, int(threads if threads is not None else itk_threads))
         self._pool: Any = None
         self._thread_parts: list[Any] | None = None
         from radiomics import __version__ as radiomics_version

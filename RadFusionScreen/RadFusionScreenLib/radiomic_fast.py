@@ -210,7 +210,8 @@ class GLCM(_SharedInputs, glcm.RadiomicsGLCM):
         where a term can be non-zero (a term with a zero GLCM factor is exactly +0.0)."""
         if self._dense_path():
             return super().getMCCFeatureValue()
-        Q = _mcc_q(self.P_glcm, self.coefficients["px"], self.coefficients["py"], self.coefficients["eps"])  # noqa: N806
+        coefficients = self.coefficients
+        Q = _mcc_q(self.P_glcm, coefficients["px"], coefficients["py"], coefficients["eps"])  # noqa: N806
         # from here on pyradiomics' own lines
         Q_eigenValue = numpy.linalg.eigvals(Q.transpose((0, 3, 1, 2)))  # noqa: N806
         Q_eigenValue.sort()

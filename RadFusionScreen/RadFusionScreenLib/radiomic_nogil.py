@@ -176,11 +176,13 @@ def calculate_coefficients(mask, spacing):
     return surface.value, volume.value, tuple(float(d) for d in diameters)
 
 
+# getattr: pyradiomics sets cMatrices / cShape to None when its extension failed to import
 CMATRICES = types.SimpleNamespace(calculate_glcm=calculate_glcm, calculate_glszm=calculate_glszm,
                                   calculate_glrlm=calculate_glrlm, calculate_ngtdm=calculate_ngtdm,
-                                  calculate_gldm=calculate_gldm, generate_angles=cMatrices.generate_angles)
+                                  calculate_gldm=calculate_gldm,
+                                  generate_angles=getattr(cMatrices, "generate_angles", None))
 CSHAPE = types.SimpleNamespace(calculate_coefficients=calculate_coefficients,
-                               calculate_coefficients2D=cShape.calculate_coefficients2D)
+                               calculate_coefficients2D=getattr(cShape, "calculate_coefficients2D", None))
 
 
 def reading(function: types.FunctionType, **names: Any) -> types.FunctionType:
@@ -188,5 +190,6 @@ def reading(function: types.FunctionType, **names: Any) -> types.FunctionType:
     replaced for this copy only; the pyradiomics module itself is not changed."""
     copy = types.FunctionType(function.__code__, {**function.__globals__, **names}, function.__name__,
                               function.__defaults__, function.__closure__)
-    copy.__kwdefaults__, copy.__doc__, copy.__qualname__ = function.__kwdefaults__, function.__doc__, function.__qualname__
+    copy.__kwdefaults__, copy.__doc__ = function.__kwdefaults__, function.__doc__
+    copy.__qualname__ = function.__qualname__
     return copy

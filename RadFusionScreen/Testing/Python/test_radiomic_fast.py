@@ -117,7 +117,8 @@ def test_mcc_q_equals_pyradiomics_dense_sum():
         px, py, eps = P.sum(2, keepdims=True), P.sum(1, keepdims=True), np.spacing(1)
         dense = (P[:, :, None, 0, :] * P[:, None, :, 0, :]) / (px[:, :, None, 0, :] * py[:, None, :, 0, :] + eps)
         for gl in range(1, P.shape[1]):  # pyradiomics' getMCCFeatureValue
-            dense += (P[:, :, None, gl, :] * P[:, None, :, gl, :]) / (px[:, :, None, 0, :] * py[:, None, :, gl, :] + eps)
+            dense += ((P[:, :, None, gl, :] * P[:, None, :, gl, :])
+                      / (px[:, :, None, 0, :] * py[:, None, :, gl, :] + eps))
         assert np.array_equal(radiomic_fast._mcc_q(P, px, py, eps), dense)
 
 
@@ -153,7 +154,8 @@ def test_native_c_calls_equal_the_extension(force2D):  # noqa: N803
     }
     for name, args in calls.items():
         expected, got = getattr(cMatrices, name)(*args), getattr(radiomic_nogil, name)(*args)
-        for e, g in zip(expected if isinstance(expected, tuple) else (expected,), got if isinstance(got, tuple) else (got,)):
+        pairs = zip(expected, got) if isinstance(expected, tuple) else [(expected, got)]
+        for e, g in pairs:
             assert e.dtype == g.dtype and np.array_equal(e, g), name
     padded, spacing = np.pad(mask, 1), np.array([2.5, 0.7, 0.8])
     assert radiomic_nogil.calculate_coefficients(padded, spacing) == cShape.calculate_coefficients(padded, spacing)
