@@ -210,15 +210,15 @@ class RadFusionScreenTest(ScriptedLoadableModuleTest):
 
     def test_ScreenSyntheticUltrasound(self):
         from RadFusionScreenLib.slicer_glue.packages import missingPackages
-        from RadFusionScreenLib.slicer_glue.scene_logic import MODULE_DIR
+        from RadFusionScreenLib.core.locations import MODULE_DIR
 
         missing = missingPackages(MODULE_DIR / "Resources" / "requirements.txt")
         if missing:  # testing mode installs nothing; a ctest run must not pip-install torch
             self.delayDisplay(f"Skipped: the engine's Python packages are not installed ({', '.join(missing)})")
             return
 
-        from RadFusionScreenLib.errors import InputError
-        from RadFusionScreenLib.phantoms import synthetic_ultrasound
+        from RadFusionScreenLib.core.errors import InputError
+        from RadFusionScreenLib.inputs.phantoms import synthetic_ultrasound
         from RadFusionScreenLib.slicer_glue import mrml
 
         self.delayDisplay("Synthetic ultrasound picture with a lesion")

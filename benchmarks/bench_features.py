@@ -42,9 +42,9 @@ VARIANTS = ("pyradiomics_uncropped", "radiomic_cropped", "deep", "case_total")
 
 def _runner(case: str, variant: str, repeats: int) -> dict:
     """Build the variant's callable once (warm), then time it `repeats` times."""
-    from RadFusionScreenLib.features import CaseFeatureExtractor, ExtractionConfig
-    from RadFusionScreenLib.io import read_image_with_metadata, read_mask
-    from RadFusionScreenLib.radiomic import RadiomicExtractor, default_params_path
+    from RadFusionScreenLib.features.case_features import CaseFeatureExtractor, ExtractionConfig
+    from RadFusionScreenLib.inputs.images import read_image_with_metadata, read_mask
+    from RadFusionScreenLib.features.radiomic import RadiomicExtractor, default_params_path
 
     image_path, mask_path, modality = CASES[case]
     image, _ = read_image_with_metadata(image_path)
@@ -59,7 +59,7 @@ def _runner(case: str, variant: str, repeats: int) -> dict:
         ours = RadiomicExtractor(params)
         run = lambda: ours.execute(image, mask)  # noqa: E731
     elif variant == "deep":
-        from RadFusionScreenLib.deep import get_deep_extractor
+        from RadFusionScreenLib.features.deep import get_deep_extractor
 
         network = get_deep_extractor("efficientnet-lite0", modality=modality)
         network.extract(image, mask)  # warm-up: model load and first-call allocations

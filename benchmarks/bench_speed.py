@@ -72,8 +72,8 @@ def ct_model() -> Path:
     """A CT bundle trained on 24 generated phantoms (built once, kept in the temp folder)."""
     bundle = WORK / "ct-phantom-model"
     if not (bundle / "manifest.json").is_file():
-        from RadFusionScreenLib.builder import TrainOptions, build_model
-        from RadFusionScreenLib.phantoms import write_ct_cohort
+        from RadFusionScreenLib.app.train_command import TrainOptions, build_model
+        from RadFusionScreenLib.inputs.phantoms import write_ct_cohort
 
         manifest = write_ct_cohort(WORK / "ct-cohort", n_cases=24)
         build_model(manifest, bundle, TrainOptions(feature_sets=("radiomic", "fused"), classifiers=("lr",),
@@ -88,7 +88,7 @@ def large_ct() -> tuple[Path, Path]:
     if not image_path.is_file():
         import SimpleITK as sitk
 
-        from RadFusionScreenLib.phantoms import synthetic_ct
+        from RadFusionScreenLib.inputs.phantoms import synthetic_ct
 
         image, mask = synthetic_ct(shape=(300, 512, 512), spacing=(0.7, 0.7, 1.0), radius_mm=28.8, malignancy=0.6)
         WORK.mkdir(parents=True, exist_ok=True)
@@ -106,8 +106,8 @@ def warm_screen(image: Path, mask: Path, model: str, repeats: int, device: str |
     import yaml
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-    from RadFusionScreenLib.io import read_image, read_mask
-    from RadFusionScreenLib.screening import Screener
+    from RadFusionScreenLib.inputs.images import read_image, read_mask
+    from RadFusionScreenLib.serving.screening import Screener
 
     screener = Screener(model, device, processes=processes or os.cpu_count())
     reference = RadiomicsFeatureExtractor(yaml.safe_load(screener.extraction["params_yaml"]))
@@ -188,7 +188,7 @@ def cold_screen(image: Path, mask: Path, model: str) -> dict:
     code = ("from RadFusionScreenLib import screen; "
             f"r = screen({str(image)!r}, {str(mask)!r}, model={model!r}); print(r.probability)")
     wall, (peak, _), _ = child(code)
-    cli = ("import sys; from RadFusionScreenLib.cli import main; "
+    cli = ("import sys; from RadFusionScreenLib.app.cli import main; "
            f"code = main(['screen', {str(image)!r}, {str(mask)!r}, '--model', {model!r}, '--json'])")
     cli_wall, (cli_peak, cli_worker_peak), _ = child(cli)
     return {"fresh_process_to_first_result_s": wall, "peak_rss_mb": peak,
@@ -213,7 +213,7 @@ def cohort_scaling(n_cases: int) -> dict:
     manifest.to_csv(path, index=False)
     out = {}
     for workers in (1, 2):
-        code = ("import time; from RadFusionScreenLib.cohort import extract_cohort; t = time.perf_counter(); "
+        code = ("import time; from RadFusionScreenLib.features.cohort import extract_cohort; t = time.perf_counter(); "
                 f"extract_cohort({str(path)!r}, {str(WORK / f'busi_w{workers}.csv')!r}, workers={workers}, "
                 "cache_dir=None, progress=False); print(time.perf_counter() - t)")
         wall, (own, worker), stdout = child(code)

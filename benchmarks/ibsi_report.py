@@ -1,4 +1,4 @@
-"""IBSI 1 compliance tables: pyradiomics (through RadFusionScreenLib.ibsi) vs the consensus values.
+"""IBSI 1 compliance tables: pyradiomics (through RadFusionScreenLib.features.ibsi) vs the consensus values.
 
     .venv/bin/python benchmarks/ibsi_report.py            # markdown tables on stdout
     .venv/bin/python benchmarks/ibsi_report.py --mismatches

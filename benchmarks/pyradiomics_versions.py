@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "RadFusionScreen"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from RadFusionScreenLib.radiomic import PARAMS_DIR, RadiomicExtractor, default_params_path  # noqa: E402
+from RadFusionScreenLib.features.radiomic import PARAMS_DIR, RadiomicExtractor, default_params_path  # noqa: E402
 
 SHARED = Path(os.environ.get("RADFUSION_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

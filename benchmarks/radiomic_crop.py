@@ -19,7 +19,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "RadFusionScreen"))
 
-from RadFusionScreenLib.radiomic import RadiomicExtractor, default_params_path  # noqa: E402
+from RadFusionScreenLib.features.radiomic import RadiomicExtractor, default_params_path  # noqa: E402
 
 
 def ct_volume(size: tuple[int, int, int], spacing=(0.7, 0.7, 2.5), seed: int = 0) -> tuple[sitk.Image, sitk.Image]:

@@ -46,8 +46,8 @@ _IN_PROCESS = r"""
 import json, sys, time, warnings, yaml
 from radiomics import imageoperations
 from radiomics.featureextractor import RadiomicsFeatureExtractor
-from RadFusionScreenLib.io import read_image, read_mask
-from RadFusionScreenLib.screening import Screener
+from RadFusionScreenLib.inputs.images import read_image, read_mask
+from RadFusionScreenLib.serving.screening import Screener
 image, mask, model, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 screener = Screener(model, "cpu", processes=1)
 plain = RadiomicsFeatureExtractor(yaml.safe_load(screener.extraction["params_yaml"]))

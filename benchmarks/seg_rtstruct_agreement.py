@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RadFusionScreen"))
 SHARED = REPO.parent / "shared" / "data" / "dicom"
 
-from RadFusionScreenLib.dicom_seg import list_segments, read_dicom_mask  # noqa: E402
-from RadFusionScreenLib.io import check_geometry, read_image  # noqa: E402
+from RadFusionScreenLib.inputs.dicom_seg import list_segments, read_dicom_mask  # noqa: E402
+from RadFusionScreenLib.inputs.images import check_geometry, read_image  # noqa: E402
 
 
 def _voxels(image: sitk.Image) -> np.ndarray:

@@ -39,7 +39,7 @@ try:
     else:
         import csv, tempfile
         from pathlib import Path
-        from RadFusionScreenLib.cli import main
+        from RadFusionScreenLib.app.cli import main
         out = Path(tempfile.mkdtemp()) / "features.csv"
         if main(["features", image, mask, "--no-deep", "-o", str(out)]) != 0:
             raise RuntimeError("radfusion features failed (see stderr)")

@@ -8,7 +8,7 @@ auto``) is sent as the widget sends it:
 - ``before``: a fresh ``python -m RadFusionScreenLib screen ...`` per click (what Analyze ran
   until the warm engine): imports, bundle and CNN loading on every click;
 - ``warm engine``: ``python -m RadFusionScreenLib serve --model M`` started at the first click,
-  the request written on its stdin as a JSON line (``engine_server.encode_request``); first
+  the request written on its stdin as a JSON line (``engine_protocol.encode_request``); first
   click (start + load + case) and later clicks (median);
 - ``Screener.screen``: the warm in-process time of the same case, with the same radiomics
   worker processes as the engine (one per core), the goal's reference: later clicks within 10%.
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_speed import BUSI, SHARED, STS, ct_model  # noqa: E402
 
-from RadFusionScreenLib.engine_server import decode_response, encode_request  # noqa: E402
+from RadFusionScreenLib.serving.engine_protocol import decode_response, encode_request  # noqa: E402
 
 MODULE_DIR = REPO / "RadFusionScreen"
 LIDC = SHARED / "lidc"
@@ -107,7 +107,7 @@ def warm_engine_clicks(image: Path, mask: Path, model: str, clicks: int, folder:
 
 
 def in_process(image: Path, mask: Path, model: str, clicks: int) -> tuple[list[float], float]:
-    from RadFusionScreenLib.screening import Screener
+    from RadFusionScreenLib.serving.screening import Screener
 
     screener = Screener(model, None, os.cpu_count() or 1)
     screener.screen(image, mask)  # warm-up

@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "figures")
     args = parser.parse_args(argv)
-    from RadFusionScreenLib import demo
-    from RadFusionScreenLib.io import read_image, read_mask
+    from RadFusionScreenLib.app import demo
+    from RadFusionScreenLib.inputs.images import read_image, read_mask
     from RadFusionScreenLib.slicer_glue import slice_views
 
     args.output.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mrml_scene import headless_scene, import_module_file, slicer  # the tests' headless Slicer set-up
-    from RadFusionScreenLib.io import read_image, read_mask
+    from RadFusionScreenLib.inputs.images import read_image, read_mask
     from RadFusionScreenLib.slicer_glue import mrml, slice_views
 
     case = args.case or pick_case(args.data, args.model)

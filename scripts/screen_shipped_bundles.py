@@ -107,7 +107,7 @@ def screen_with_cli(bundle: Path, case: dict[str, str], clinical: dict[str, str]
 
 def screen_bundle(bundle: Path) -> list[list[str]]:
     """Table rows (API, CLI) for one bundle; raises when it cannot screen its case."""
-    from RadFusionScreenLib.screening import Screener
+    from RadFusionScreenLib.serving.screening import Screener
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     modality = str((manifest.get("extraction") or {}).get("modality", "?"))

@@ -3,9 +3,9 @@
 Importing this package is cheap; heavy libraries (pyradiomics, torch) load on first use.
 """
 
-__version__ = "0.1.0"
+from RadFusionScreenLib.core.version import __version__  # noqa: F401  (re-exported)
 
-from .errors import (  # noqa: F401  (re-exported)
+from RadFusionScreenLib.core.errors import (  # noqa: F401  (re-exported)
     DicomSeriesError,
     GeometryMismatchError,
     InputError,
@@ -15,10 +15,10 @@ from .errors import (  # noqa: F401  (re-exported)
 
 
 def screen(image, mask, model=None, clinical=None, device=None, **options):
-    """Screen one case with a model bundle (default: the shipped one); see :mod:`.screening`.
+    """Screen one case with a model bundle (default: the shipped one); see :mod:`.serving.screening`.
 
-    Returns a :class:`~.screening.ScreenResult`. Imports the heavy engine on first call.
+    Returns a :class:`~.serving.screening.ScreenResult`. Imports the heavy engine on first call.
     """
-    from .screening import screen as _screen
+    from RadFusionScreenLib.serving.screening import screen as _screen
 
     return _screen(image, mask, model=model, clinical=clinical, device=device, **options)

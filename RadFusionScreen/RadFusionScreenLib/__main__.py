@@ -1,5 +1,5 @@
 """`python -m RadFusionScreenLib ...` is the same as the `radfusion` command."""
 
-from .cli import main
+from RadFusionScreenLib.app.cli import main
 
 raise SystemExit(main())

@@ -11,7 +11,7 @@ Two parts, so that the second can be tested on a headless slicer-core scene:
    ``selectHighestConfidenceLoadables`` / ``loadLoadables`` (what ``loadSeriesByUID`` runs),
    so the report can say which file, series and loadable failed.
 2. **Engine part** (:func:`load_with_engine`): pure MRML plus the engine's reader
-   (:mod:`RadFusionScreenLib.dicom_seg`). A SEG or RTSTRUCT whose Slicer plugin is not enabled
+   (:mod:`RadFusionScreenLib.inputs.dicom_seg`). A SEG or RTSTRUCT whose Slicer plugin is not enabled
    (or that Slicer's plugin failed to load) becomes a ``vtkMRMLSegmentationNode`` on the volume
    of the series it references, one segment per SEG segment / RTSTRUCT ROI, with its name and
    colour; each object is all or nothing (:func:`.mrml.scene_transaction`).
@@ -46,9 +46,9 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 
-from ..dicom_seg import list_segments, read_dicom_mask
-from ..errors import MaskError, RadFusionError
-from .mrml import scene_transaction, volume_node_to_sitk
+from RadFusionScreenLib.inputs.dicom_seg import list_segments, read_dicom_mask
+from RadFusionScreenLib.core.errors import MaskError, RadFusionError
+from RadFusionScreenLib.slicer_glue.mrml import scene_transaction, volume_node_to_sitk
 
 SEG_PLUGIN = "DICOMSegmentationPlugin"
 RTSTRUCT_PLUGIN = "DicomRtImportExportPlugin"

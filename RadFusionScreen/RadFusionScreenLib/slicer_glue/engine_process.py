@@ -6,7 +6,7 @@ the interpreter and its workers running. Cancel therefore ends the whole process
 every platform). A process that cannot start (``errorOccurred`` with ``FailedToStart``, after
 which Qt emits no ``finished``) or that ends during a request ends the request with a
 message, so the busy state never sticks. The engine is ``radfusion serve``
-(:mod:`RadFusionScreenLib.engine_server`): started once, it keeps the bundles loaded, so only
+(:mod:`RadFusionScreenLib.app.engine_server`): started once, it keeps the bundles loaded, so only
 the first Analyze pays the imports and the model loading.
 """
 
@@ -137,7 +137,7 @@ class EngineServer:
 
     def request(self, arguments: list[str]) -> None:
         """Screen one case; the engine must be started and idle."""
-        from ..engine_server import encode_request
+        from RadFusionScreenLib.serving.engine_protocol import encode_request
 
         if self._process is None:
             raise RuntimeError("the engine is not started")
@@ -173,7 +173,7 @@ class EngineServer:
         process.waitForFinished(3000)
 
     def _readOutput(self) -> None:
-        from ..engine_server import decode_response
+        from RadFusionScreenLib.serving.engine_protocol import decode_response
 
         if self._process is None:
             return

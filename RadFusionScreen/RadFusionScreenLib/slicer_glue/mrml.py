@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError, MaskError
+from RadFusionScreenLib.core.errors import InputError, MaskError
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import slicer
 
-from ..errors import InputError
-from . import mrml
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.core.locations import available_models, models_directory, resolve_model_path
+from RadFusionScreenLib.slicer_glue import mrml
 
 try:
     from slicer.i18n import tr as _
@@ -23,7 +24,6 @@ except ImportError:  # slicer-core without Slicer's i18n module
     def _(text: str) -> str:
         return text
 
-MODULE_DIR = Path(__file__).resolve().parents[2]  # the scripted module's folder (RadFusionScreen.py)
 
 
 def parseClinicalValues(clinical) -> dict:
@@ -60,33 +60,19 @@ class ScreeningLogic:
     # ------------------------------------------------------------ models
     @staticmethod
     def modelsDirectory() -> Path:
-        """Where shipped bundles live: $RADFUSION_MODELS, the installed extension's
-        Resources/models, or the source tree's models/ folder."""
-        candidates = [os.environ.get("RADFUSION_MODELS"), MODULE_DIR / "Resources" / "models",
-                      MODULE_DIR.parent / "models"]
-        for candidate in candidates:
-            if candidate and Path(candidate).is_dir():
-                return Path(candidate)
-        return MODULE_DIR.parent / "models"
+        """Where bundles are looked up by name (``core.locations.models_directory``)."""
+        return models_directory()
 
     def availableModels(self) -> list:
-        folder = self.modelsDirectory()
-        if not folder.is_dir():
-            return []
-        return sorted(p.resolve() for p in folder.iterdir() if (p / "manifest.json").is_file())
+        return available_models()
 
     def resolveModelPath(self, modelPath=None) -> Path:
-        """A bundle folder: a path, a bundle name in the models folder, or (None / "") the shipped one."""
-        from ..screening import DEFAULT_MODEL, resolve_model_path
-
-        if not modelPath:
-            modelPath = DEFAULT_MODEL
-        named = self.modelsDirectory() / str(modelPath)
-        return resolve_model_path(named if not Path(modelPath).exists() and named.is_dir() else modelPath).resolve()
+        """A bundle folder: a path, a bundle name in the models folder, or (None / "") the default one."""
+        return resolve_model_path(modelPath).resolve()
 
     def getScreener(self, modelPath=None, device=None):
         """The engine's Screener for a bundle, loaded once per (model, device)."""
-        from ..screening import Screener
+        from RadFusionScreenLib.serving.screening import Screener
 
         device = None if device in (None, "", "auto") else device
         key = (str(self.resolveModelPath(modelPath)), device)
@@ -102,7 +88,7 @@ class ScreeningLogic:
     def describeModel(self, modelPath=None):
         """The bundle's manifest, card and inputs (``screening.ModelDescription``): verified, but
         without loading the CNN, for the model panel. Raises ``BundleError`` / ``InputError``."""
-        from ..screening import ModelDescription
+        from RadFusionScreenLib.serving.screening import ModelDescription
 
         return ModelDescription(self.resolveModelPath(modelPath))
 
@@ -234,7 +220,7 @@ class ScreeningLogic:
     def resultFromDict(values, heatmap=None):
         """A ScreenResult from ``ScreenResult.to_dict()`` output (a saved scene, the CLI)."""
         import pandas as pd
-        from ..screening import ScreenResult
+        from RadFusionScreenLib.serving.screening import ScreenResult
 
         nomogram = values.get("nomogram") or {}
         return ScreenResult(
@@ -258,8 +244,8 @@ class ScreeningLogic:
         volume): what the slice views show, through the lesion centre, whatever the user's views
         are showing at the moment. The scene is left unchanged.
         """
-        from ..case_report import bundle_nomogram, case_hash, case_report_html
-        from . import slice_views
+        from RadFusionScreenLib.presentation.case_report import bundle_nomogram, case_hash, case_report_html
+        from RadFusionScreenLib.slicer_glue import slice_views
 
         parameterNode = self.getParameterNode()
         volumeNode = volumeNode or parameterNode.inputVolume

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MaskError
-from . import mrml
+from RadFusionScreenLib.core.errors import InputError, MaskError
+from RadFusionScreenLib.slicer_glue import mrml
 
 ORIENTATIONS = ("Axial", "Coronal", "Sagittal")
 #: Heat-map values below this fraction of the map's maximum are transparent: the module's one

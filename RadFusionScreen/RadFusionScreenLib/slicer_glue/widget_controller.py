@@ -17,11 +17,12 @@ from pathlib import Path
 import qt
 import slicer
 
-from . import segment_editor
-from .dicom_loading import loadDicomFolder
-from .engine_process import EngineServer, pythonExecutable
-from .packages import PackagesMissing, ensurePackages, missingPackages
-from .scene_logic import MODULE_DIR, _, parseClinicalValues
+from RadFusionScreenLib.slicer_glue import segment_editor
+from RadFusionScreenLib.slicer_glue.dicom_loading import loadDicomFolder
+from RadFusionScreenLib.slicer_glue.engine_process import EngineServer, pythonExecutable
+from RadFusionScreenLib.slicer_glue.packages import PackagesMissing, ensurePackages, missingPackages
+from RadFusionScreenLib.core.locations import MODULE_DIR
+from RadFusionScreenLib.slicer_glue.scene_logic import _, parseClinicalValues
 
 LOAD_BUNDLE_ITEM = "Load bundle…"
 
@@ -365,8 +366,8 @@ class WidgetController:
 
 def nomogramFigurePng(result) -> bytes | None:
     """PNG of the case's nomogram figure (:func:`..figures.nomogram_figure`), None without a nomogram."""
-    from ..case_report import bundle_nomogram
-    from ..figures import case_marks, figure_png, nomogram_figure
+    from RadFusionScreenLib.presentation.case_report import bundle_nomogram
+    from RadFusionScreenLib.presentation.figures import case_marks, figure_png, nomogram_figure
 
     nomogram = bundle_nomogram(result)
     if nomogram is None or result.nomogram_total_points is None:

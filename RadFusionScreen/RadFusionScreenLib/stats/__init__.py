@@ -28,17 +28,17 @@ The reference values and their tolerances are described in
 checks every function against them.
 """
 
-from .calibration import (
+from RadFusionScreenLib.stats.calibration import (
     CalibrationFit,
     HosmerLemeshowResult,
     calibration_curve,
     calibration_intercept_slope,
     hosmer_lemeshow_test,
 )
-from .combat import ComBatModel, combat
-from .decision_curve import decision_curve
-from .icc import ICC_TYPES, intraclass_correlation
-from .logistic import (
+from RadFusionScreenLib.stats.combat import ComBatModel, combat
+from RadFusionScreenLib.stats.decision_curve import decision_curve
+from RadFusionScreenLib.stats.icc import ICC_TYPES, intraclass_correlation
+from RadFusionScreenLib.stats.logistic import (
     LogisticRegressionFit,
     SeparationError,
     detect_separation,
@@ -46,16 +46,16 @@ from .logistic import (
     fit_logistic_or_firth,
     fit_logistic_regression,
 )
-from .nomogram import Nomogram, NomogramAxis, pretty
-from .roc import AUCResult, DeLongTestResult, auc_ci_bootstrap, auc_ci_delong, delong_test, roc_auc
-from .threshold import (
+from RadFusionScreenLib.stats.nomogram import Nomogram, NomogramAxis, pretty
+from RadFusionScreenLib.stats.roc import AUCResult, DeLongTestResult, auc_ci_bootstrap, auc_ci_delong, delong_test, roc_auc
+from RadFusionScreenLib.stats.threshold import (
     Proportion,
     ThresholdMetrics,
     binomial_confidence_interval,
     threshold_metrics,
     youden_threshold,
 )
-from .univariate import MannWhitneyResult, WelchResult, mann_whitney_test, univariate_tests, welch_t_test
+from RadFusionScreenLib.stats.univariate import MannWhitneyResult, WelchResult, mann_whitney_test, univariate_tests, welch_t_test
 
 __all__ = [
     "AUCResult",

@@ -1,6 +1,6 @@
 """Input checks shared by the statistics modules (private).
 
-Every check raises :class:`~RadFusionScreenLib.errors.InputError` with a message that names
+Every check raises :class:`~RadFusionScreenLib.core.errors.InputError` with a message that names
 the offending argument, so a caller deep inside a pipeline learns which input to fix.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..errors import InputError
+from RadFusionScreenLib.core.errors import InputError
 
 
 def as_float_vector(values: ArrayLike, name: str, length: int | None = None) -> np.ndarray:

@@ -15,10 +15,10 @@ from numpy.typing import ArrayLike
 from scipy import stats as _sp
 from scipy.special import logit
 
-from ..errors import InputError
-from ._validation import as_binary_outcome, as_probability_vector
-from .logistic import fit_logistic_or_firth, fit_logistic_regression
-from .threshold import binomial_confidence_interval
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_binary_outcome, as_probability_vector
+from RadFusionScreenLib.stats.logistic import fit_logistic_or_firth, fit_logistic_regression
+from RadFusionScreenLib.stats.threshold import binomial_confidence_interval
 
 
 @dataclass(frozen=True)

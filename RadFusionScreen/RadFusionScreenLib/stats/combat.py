@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ..errors import InputError
-from ._validation import as_float_matrix, check_format, label_key, sorted_labels
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_float_matrix, check_format, label_key, sorted_labels
 
 FORMAT = "RadFusionScreen.ComBat"
 FORMAT_VERSION = 1

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ..errors import InputError
-from ._validation import as_binary_outcome, as_float_vector, as_probability_vector
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_binary_outcome, as_float_vector, as_probability_vector
 
 
 def default_thresholds() -> np.ndarray:

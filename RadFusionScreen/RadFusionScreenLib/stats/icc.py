@@ -23,8 +23,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as _sp
 
-from ..errors import InputError
-from ._validation import as_float_matrix
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_float_matrix
 
 ICC_TYPES = ("ICC1", "ICC2", "ICC3", "ICC1k", "ICC2k", "ICC3k")
 RESULT_COLUMNS = ("feature", "type", "ICC", "F", "df1", "df2", "p", "lower", "upper")

@@ -26,8 +26,8 @@ from numpy.typing import ArrayLike
 from scipy.optimize import linprog
 from scipy.special import expit
 
-from ..errors import InputError
-from ._validation import as_binary_outcome, as_float_matrix, as_float_vector
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_binary_outcome, as_float_matrix, as_float_vector
 
 INTERCEPT = "Intercept"
 FIT_METHODS = ("ml", "firth")

@@ -21,9 +21,9 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.special import expit, logit
 
-from ..errors import InputError
-from ._validation import as_float_vector, label_key
-from .logistic import FIT_METHODS, INTERCEPT, LogisticRegressionFit, fit_logistic_or_firth
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_float_vector, label_key
+from RadFusionScreenLib.stats.logistic import FIT_METHODS, INTERCEPT, LogisticRegressionFit, fit_logistic_or_firth
 
 FORMAT = "RadFusionScreen.Nomogram"
 FORMAT_VERSION = 1

@@ -13,8 +13,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as _sp
 
-from ..errors import InputError
-from ._validation import as_binary_outcome, as_float_vector, check_conf_level
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_binary_outcome, as_float_vector, check_conf_level
 
 DEFAULT_N_BOOT = 2000  # pROC's default boot.n
 DEFAULT_SEED = 20240601

@@ -14,8 +14,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as _sp
 
-from ..errors import InputError
-from ._validation import as_binary_outcome, as_float_vector, check_conf_level
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_binary_outcome, as_float_vector, check_conf_level
 
 CI_METHODS = ("wilson", "clopper-pearson")
 

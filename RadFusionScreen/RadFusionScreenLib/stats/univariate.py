@@ -19,8 +19,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats as _sp
 
-from ..errors import InputError
-from ._validation import as_binary_outcome, as_float_matrix, as_float_vector
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.stats._validation import as_binary_outcome, as_float_matrix, as_float_vector
 
 MANN_WHITNEY_METHODS = ("asymptotic", "exact")
 

@@ -35,8 +35,8 @@ def ct_bundle(tmp_path_factory) -> Path:
     """
     pytest.importorskip("sklearn", reason="building a bundle is training (scikit-learn, the `train` extra); "
                         "the Slicer-like environment serves only")
-    from RadFusionScreenLib.builder import TrainOptions, build_model
-    from RadFusionScreenLib.phantoms import write_ct_cohort
+    from RadFusionScreenLib.app.train_command import TrainOptions, build_model
+    from RadFusionScreenLib.inputs.phantoms import write_ct_cohort
 
     folder = tmp_path_factory.mktemp("ct_model")
     manifest = write_ct_cohort(folder / "cohort", n_cases=24)

@@ -16,8 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from RadFusionScreenLib.ibsi import FAMILIES, to_ibsi
-from RadFusionScreenLib.radiomic import PARAMS_DIR, RadiomicExtractor
+from RadFusionScreenLib.features.ibsi import FAMILIES, to_ibsi
+from RadFusionScreenLib.features.radiomic import PARAMS_DIR, RadiomicExtractor
 
 IBSI_PARAMS = PARAMS_DIR / "ibsi"
 REPORT_FAMILIES = (*FAMILIES, "other", "diagnostics")

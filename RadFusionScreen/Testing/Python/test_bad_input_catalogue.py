@@ -17,8 +17,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO_ROOT
-from RadFusionScreenLib.cli import main
-from RadFusionScreenLib.io import read_image
+from RadFusionScreenLib.app.cli import main
+from RadFusionScreenLib.inputs.images import read_image
 from test_dicom import stored_values, write_series
 
 SHIPPED = REPO_ROOT / "models" / "busi-ultrasound"

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from RadFusionScreenLib.bundle import (
+from RadFusionScreenLib.model.bundle import (
     MANIFEST,
     WEIGHTS,
     BundleError,
@@ -29,10 +29,10 @@ from RadFusionScreenLib.bundle import (
     load_bundle,
     write_bundle,
 )
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.trust import LOCK, lock_bytes
-from RadFusionScreenLib.harmonize import ComBatHarmonizer
-from RadFusionScreenLib.train import CLASSIFIERS, FeatureColumns, ModelSettings, build_pipeline, compare_models
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.model.trust import LOCK, lock_bytes
+from RadFusionScreenLib.model.harmonize import ComBatHarmonizer
+from RadFusionScreenLib.model.train import CLASSIFIERS, FeatureColumns, ModelSettings, build_pipeline, compare_models
 
 N_FEATURES = 40
 N_SIGNAL = 4
@@ -373,7 +373,7 @@ def test_rewriting_replaces_a_bundle_and_failures_leave_nothing(comparison_and_t
 
 def test_model_card_is_listed_and_protected(bundle_copy):
     """write_model_card adds README.md with its SHA-256; editing it afterwards is detected."""
-    from RadFusionScreenLib.bundle import write_model_card
+    from RadFusionScreenLib.model.bundle import write_model_card
 
     bundle = bundle_copy
     write_model_card(bundle, "# Model card\nintended use: research\n")

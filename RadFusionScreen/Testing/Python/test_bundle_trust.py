@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from RadFusionScreenLib import trust
-from RadFusionScreenLib.bundle import MANIFEST, WEIGHTS, load_bundle
-from RadFusionScreenLib.cli import main
-from RadFusionScreenLib.errors import BundleError
-from RadFusionScreenLib.screening import Screener
+from RadFusionScreenLib.model import trust
+from RadFusionScreenLib.model.bundle import MANIFEST, WEIGHTS, load_bundle
+from RadFusionScreenLib.app.cli import main
+from RadFusionScreenLib.core.errors import BundleError
+from RadFusionScreenLib.serving.screening import Screener
 
 SHIPPED = REPO_ROOT / "models" / "busi-ultrasound"
 
@@ -180,16 +180,17 @@ def test_cli_verify_reports_digest_provenance_and_pin(capsys):
 
 
 def test_bundle_from_a_newer_engine_warns(monkeypatch):
-    import RadFusionScreenLib
+    from RadFusionScreenLib.core import version
 
-    monkeypatch.setattr(RadFusionScreenLib, "__version__", "0.0.1")
+    monkeypatch.setattr(version, "__version__", "0.0.1")
     assert any("made by RadFusionScreen 0.1.0, newer than this 0.0.1" in w for w in load_bundle(SHIPPED).warnings)
 
 
 def test_other_cnn_weights_or_radiomics_defaults_are_refused(monkeypatch):
     """What would change the features themselves is refused, not warned (checked where loaded)."""
-    from RadFusionScreenLib import deep, radiomic
-    from RadFusionScreenLib.errors import InputError
+    from RadFusionScreenLib.features import deep
+    from RadFusionScreenLib.features import radiomic
+    from RadFusionScreenLib.core.errors import InputError
 
     with monkeypatch.context() as patch:
         patch.setattr(deep, "sha256_file", lambda path: "0" * 64)

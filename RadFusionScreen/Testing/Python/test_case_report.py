@@ -24,7 +24,8 @@ import pytest
 import SimpleITK as sitk
 from scipy.special import expit
 
-from RadFusionScreenLib import figures, reasons
+from RadFusionScreenLib.presentation import figures
+from RadFusionScreenLib.explanation import reasons
 from RadFusionScreenLib.slicer_glue import mrml
 
 from conftest import REPO_ROOT, SHARED_DATA
@@ -38,8 +39,8 @@ CASE = "malignant_1"  # first malignant case of the bundle's internal test split
 def screened():
     if not (BUSI / "images" / f"{CASE}.png").is_file():
         pytest.skip("BUSI data (../shared/data/busi) is not present")
-    from RadFusionScreenLib.io import read_image, read_mask
-    from RadFusionScreenLib.screening import Screener
+    from RadFusionScreenLib.inputs.images import read_image, read_mask
+    from RadFusionScreenLib.serving.screening import Screener
 
     screener = Screener(SHIPPED)
     image = read_image(BUSI / "images" / f"{CASE}.png")
@@ -176,7 +177,7 @@ def test_nomogram_figure_marks_the_case_at_its_points(screened):
 
 
 def test_case_report_shows_one_answer_and_embeds_everything(screened, tmp_path):
-    from RadFusionScreenLib import demo
+    from RadFusionScreenLib.app import demo
     from PIL import Image
 
     result = screened.result
@@ -228,7 +229,7 @@ def test_slicer_export_report_draws_the_scene_nodes_through_the_slice_pipeline(s
     np.testing.assert_array_equal(drawn, expected)
     tinted = ~((drawn[..., 0] == drawn[..., 1]) & (drawn[..., 1] == drawn[..., 2]))
     assert 0.15 < tinted.mean() < 0.3  # heat above the threshold (+ outline), not the whole picture
-    from RadFusionScreenLib.case_report import case_hash
+    from RadFusionScreenLib.presentation.case_report import case_hash
 
     assert f"case {case_hash(screened.image, screened.mask)}" in page and 'id="nomogram"' in page
 
@@ -236,10 +237,10 @@ def test_slicer_export_report_draws_the_scene_nodes_through_the_slice_pipeline(s
 def test_demo_case_follows_the_bundles_modality(tmp_path, monkeypatch):
     """CT bundle: a LIDC nodule from ../shared when present, else a generated CT phantom that the
     engine reads as CT; another modality is refused with a message."""
-    from RadFusionScreenLib import demo
-    from RadFusionScreenLib.errors import InputError
-    from RadFusionScreenLib.features import resolve_modality
-    from RadFusionScreenLib.io import read_image
+    from RadFusionScreenLib.app import demo
+    from RadFusionScreenLib.core.errors import InputError
+    from RadFusionScreenLib.features.case_features import resolve_modality
+    from RadFusionScreenLib.inputs.images import read_image
 
     ct = type("Screener", (), {"modality": "CT", "bundle": type("B", (), {"manifest": {}})()})()
     if (demo.LIDC / "manifest.csv").is_file():

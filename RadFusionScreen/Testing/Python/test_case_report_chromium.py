@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(check_case_report.chromium_binary() is None,
 
 
 def test_demo_report_renders_in_chromium_with_no_external_request(tmp_path):
-    from RadFusionScreenLib import demo
+    from RadFusionScreenLib.app import demo
 
     demo.run_demo(tmp_path / "demo", model=str(REPO_ROOT / "models" / "busi-ultrasound"))
     report = tmp_path / "demo" / "report.html"

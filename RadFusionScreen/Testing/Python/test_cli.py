@@ -11,12 +11,12 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import shared_path
-from RadFusionScreenLib.cli import main
+from RadFusionScreenLib.app.cli import main
 from synthetic import lesion_case
 
 
 def test_help_is_instant_no_heavy_imports():
-    code = ("import sys, RadFusionScreenLib.cli as c; c.build_parser(); "
+    code = ("import sys, RadFusionScreenLib.app.cli as c; c.build_parser(); "
             "print(sorted(m for m in ('torch', 'radiomics', 'pandas', 'SimpleITK') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

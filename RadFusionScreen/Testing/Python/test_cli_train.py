@@ -9,9 +9,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from conftest import shared_path
-from RadFusionScreenLib.builder import TrainOptions, icc_filtered_columns
-from RadFusionScreenLib.cli import main
-from RadFusionScreenLib.train import FeatureColumns
+from RadFusionScreenLib.app.train_command import TrainOptions, icc_filtered_columns
+from RadFusionScreenLib.app.cli import main
+from RadFusionScreenLib.model.train import FeatureColumns
 
 QUICK = ["--grid", "quick", "--folds", "3", "--bootstrap", "200"]
 

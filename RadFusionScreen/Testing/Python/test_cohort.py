@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from RadFusionScreenLib import features as features_module
-from RadFusionScreenLib.cohort import THREAD_ENV_VARS, _worker_thread_env, extract_cohort, read_manifest
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.features import ExtractionConfig
+from RadFusionScreenLib.features import case_features as features_module
+from RadFusionScreenLib.features.cohort import THREAD_ENV_VARS, _worker_thread_env, extract_cohort, read_manifest
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.features.case_features import ExtractionConfig
 from synthetic import lesion_case
 
 RADIOMIC_ONLY = ExtractionConfig(deep=None, modality="CT")

@@ -8,8 +8,8 @@ import SimpleITK as sitk
 import torch
 
 from conftest import shared_path
-from RadFusionScreenLib import deep
-from RadFusionScreenLib.deep import (
+from RadFusionScreenLib.features import deep
+from RadFusionScreenLib.features.deep import (
     EFFICIENTNET_LITE0_SHA256,
     RoiPreprocessing,
     available_backbones,
@@ -20,7 +20,7 @@ from RadFusionScreenLib.deep import (
     scale_intensity,
     select_device,
 )
-from RadFusionScreenLib.errors import InputError, MaskError
+from RadFusionScreenLib.core.errors import InputError, MaskError
 
 STS_CT = ("dicom", "sts_rtstruct", "STS_001", "CT", "nifti")
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from conftest import REPO_ROOT, shared_path
-from RadFusionScreenLib.screening import Screener
+from RadFusionScreenLib.serving.screening import Screener
 
 SHIPPED = REPO_ROOT / "models" / "busi-ultrasound"
 
@@ -27,7 +27,7 @@ def test_screening_is_bit_identical_across_calls_and_processes():
     first = _numbers(screener.screen(image, mask, heatmap=False))
     second = _numbers(screener.screen(image, mask, heatmap=False))
     assert first == second
-    code = ("import json, sys; from RadFusionScreenLib.screening import Screener; "
+    code = ("import json, sys; from RadFusionScreenLib.serving.screening import Screener; "
             f"r = Screener({str(SHIPPED)!r}).screen({str(image)!r}, {str(mask)!r}, heatmap=False).to_dict(); "
             "print(json.dumps({k: r[k] for k in ('probability', 'rad_score', 'deep_score', 'features', 'nomogram')}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

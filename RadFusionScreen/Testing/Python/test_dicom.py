@@ -19,8 +19,8 @@ from conftest import shared_path
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from RadFusionScreenLib.dicom import list_series, read_dicom_file, read_dicom_series
-from RadFusionScreenLib.errors import DicomSeriesError
+from RadFusionScreenLib.inputs.dicom_series import list_series, read_dicom_file, read_dicom_series
+from RadFusionScreenLib.core.errors import DicomSeriesError
 
 ROWS, COLUMNS, SLICES = 16, 12, 8  # rows != columns catches a swapped in-plane axis
 ROW_SPACING, COLUMN_SPACING, STEP = 0.7, 0.8, 2.5

@@ -34,8 +34,8 @@ import slicer_code
 from mrml_scene import headless_scene, slicer  # skips the module without slicer-core
 from test_dicom import COLUMN_SPACING, ROW_SPACING, ROWS, SLICES, COLUMNS, oblique_axes, stored_values, write_series
 from test_dicom_seg import square, write_structure_set
-from RadFusionScreenLib.dicom import read_dicom_series
-from RadFusionScreenLib.dicom_seg import read_dicom_mask
+from RadFusionScreenLib.inputs.dicom_series import read_dicom_series
+from RadFusionScreenLib.inputs.dicom_seg import read_dicom_mask
 from RadFusionScreenLib.slicer_glue import dicom_loading
 from RadFusionScreenLib.slicer_glue.dicom_loading import (
     RTSTRUCT_PLUGIN,

@@ -24,12 +24,12 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-from RadFusionScreenLib.cli import main
-from RadFusionScreenLib.cohort import extract_cohort
-from RadFusionScreenLib.dicom_seg import list_segments, read_dicom_mask
-from RadFusionScreenLib.errors import InputError, MaskError
-from RadFusionScreenLib.features import ExtractionConfig
-from RadFusionScreenLib.io import check_geometry, read_image, read_mask
+from RadFusionScreenLib.app.cli import main
+from RadFusionScreenLib.features.cohort import extract_cohort
+from RadFusionScreenLib.inputs.dicom_seg import list_segments, read_dicom_mask
+from RadFusionScreenLib.core.errors import InputError, MaskError
+from RadFusionScreenLib.features.case_features import ExtractionConfig
+from RadFusionScreenLib.inputs.images import check_geometry, read_image, read_mask
 
 CASES = ("STS_001", "STS_002", "STS_003")
 MODALITIES = ("CT", "MR_T1", "PET")
@@ -372,7 +372,7 @@ def _shape_only_params(folder: Path) -> Path:
 
 
 def test_screening_mask_path_takes_a_segment(sts002) -> None:
-    from RadFusionScreenLib.screening import _case_images
+    from RadFusionScreenLib.serving.screening import _case_images
 
     image, mask, modality = _case_images(str(sts002["image"]), str(sts002["two_rois"]), None, None, "GTV_Mass")
     assert modality == "CT" and voxels(mask).sum() == 17090 and mask.GetSize() == image.GetSize()

@@ -8,9 +8,10 @@ import json
 
 import SimpleITK as sitk
 
-from RadFusionScreenLib import cli
-from RadFusionScreenLib.engine_server import ScreenerCache, decode_response, encode_request, serve
-from RadFusionScreenLib.phantoms import synthetic_ultrasound
+from RadFusionScreenLib.app import cli
+from RadFusionScreenLib.app.engine_server import ScreenerCache, serve
+from RadFusionScreenLib.serving.engine_protocol import decode_response, encode_request
+from RadFusionScreenLib.inputs.phantoms import synthetic_ultrasound
 
 
 def _case(folder):
@@ -34,7 +35,7 @@ def test_answers_as_the_screen_command_and_keeps_the_model_loaded(tmp_path, caps
     assert cli.main(screen) == 0
     expected = json.loads(capsys.readouterr().out)
 
-    from RadFusionScreenLib import screening
+    from RadFusionScreenLib.serving import screening
 
     loads = []
 

@@ -23,10 +23,10 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import GridSearchCV
 from sklearn.tree import DecisionTreeClassifier
 
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.explain import ShapResult, TreeArrays, _agnostic_shap, shap_summary, shap_values, tree_shap
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.explanation.shap_values import ShapResult, TreeArrays, _agnostic_shap, shap_summary, shap_values, tree_shap
 from RadFusionScreenLib.stats import Nomogram
-from RadFusionScreenLib.train import ModelSettings, build_pipeline, fit_model, selected_feature_names
+from RadFusionScreenLib.model.train import ModelSettings, build_pipeline, fit_model, selected_feature_names
 
 
 # ------------------------------------------------------------------------ data

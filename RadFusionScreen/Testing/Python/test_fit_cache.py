@@ -12,9 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from RadFusionScreenLib.fit_cache import FitCache
-from RadFusionScreenLib.select import UnivariateFilter
-from RadFusionScreenLib.train import ModelSettings, build_pipeline
+from RadFusionScreenLib.model.fit_cache import FitCache
+from RadFusionScreenLib.model.feature_selection import UnivariateFilter
+from RadFusionScreenLib.model.train import ModelSettings, build_pipeline
 
 
 class CountingScaler(StandardScaler):

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from RadFusionScreenLib.errors import RadFusionError
-from RadFusionScreenLib.io import read_image, read_mask
+from RadFusionScreenLib.core.errors import RadFusionError
+from RadFusionScreenLib.inputs.images import read_image, read_mask
 from test_dicom import stored_values, write_series
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from RadFusionScreenLib.deep import get_deep_extractor
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.gradcam import GradCamResult, grad_cam
+from RadFusionScreenLib.features.deep import get_deep_extractor
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.explanation.gradcam import GradCamResult, grad_cam
 
 SIDE = 300  # ultrasound frame, pixels
 CT_SHAPE = (24, 128, 128)  # (z, y, x)

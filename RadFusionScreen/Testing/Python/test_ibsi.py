@@ -1,4 +1,4 @@
-"""IBSI 1 verification of the pyradiomics → IBSI mapping (RadFusionScreenLib.ibsi).
+"""IBSI 1 verification of the pyradiomics → IBSI mapping (RadFusionScreenLib.features.ibsi).
 
 (a) Digital phantom: every mapped feature must match the consensus value (tolerance 0, or equal
     at 3 significant digits), except the explained pyradiomics deviations listed below, each of
@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 import ibsi_reference as ref
 from conftest import shared_path
-from RadFusionScreenLib.ibsi import MAPPING, NON_IBSI, ibsi_tag, to_ibsi, unmapped_reason
+from RadFusionScreenLib.features.ibsi import MAPPING, NON_IBSI, ibsi_tag, to_ibsi, unmapped_reason
 
 # --- the mapping itself (no data needed) --------------------------------------------------------
 

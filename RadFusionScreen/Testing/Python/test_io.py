@@ -11,8 +11,8 @@ import SimpleITK as sitk
 from conftest import shared_path
 from PIL import Image as PilImage
 
-from RadFusionScreenLib.errors import GeometryMismatchError, InputError, MaskError
-from RadFusionScreenLib.io import (
+from RadFusionScreenLib.core.errors import GeometryMismatchError, InputError, MaskError
+from RadFusionScreenLib.inputs.images import (
     check_geometry,
     crop_to_bounding_box,
     load_case,

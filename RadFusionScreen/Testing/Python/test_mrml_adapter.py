@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from mrml_scene import headless_scene, slicer  # skips the module without slicer-core
-from RadFusionScreenLib.errors import MaskError
+from RadFusionScreenLib.core.errors import MaskError
 from RadFusionScreenLib.slicer_glue.mrml import segment_to_sitk_mask, volume_node_to_sitk, write_table_node
 
 

@@ -177,7 +177,7 @@ def slicer_code_ui_names() -> list[str]:
 
 
 def _case(scene):
-    from RadFusionScreenLib.phantoms import synthetic_ultrasound
+    from RadFusionScreenLib.inputs.phantoms import synthetic_ultrasound
     from RadFusionScreenLib.slicer_glue import mrml
 
     image, mask = synthetic_ultrasound()
@@ -205,7 +205,7 @@ def _analyze(controller) -> fake_qprocess.QProcess:
 
 def test_analyze_runs_the_warm_engine_as_slicer_does_and_fills_the_scene(panel, launcher, monkeypatch):
     from RadFusionScreenLib.slicer_glue import widget_controller
-    from RadFusionScreenLib.slicer_glue.scene_logic import MODULE_DIR
+    from RadFusionScreenLib.core.locations import MODULE_DIR
 
     controller, logic, scene, shown = panel
     monkeypatch.setattr(widget_controller, "pythonExecutable", lambda: str(launcher))
@@ -310,7 +310,7 @@ def test_cancel_from_the_panel_ends_the_run_and_says_so(panel, launcher, monkeyp
 
 
 def test_model_panel_reads_the_bundle_without_loading_the_cnn(panel, monkeypatch):
-    from RadFusionScreenLib import screening
+    from RadFusionScreenLib.serving import screening
 
     controller, logic, scene, shown = panel
 

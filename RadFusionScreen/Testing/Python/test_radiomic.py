@@ -8,8 +8,8 @@ import SimpleITK as sitk
 import yaml
 
 from conftest import shared_path
-from RadFusionScreenLib.errors import GeometryMismatchError, InputError, MaskError
-from RadFusionScreenLib.radiomic import RadiomicExtractor, crop_margin, default_params_path
+from RadFusionScreenLib.core.errors import GeometryMismatchError, InputError, MaskError
+from RadFusionScreenLib.features.radiomic import RadiomicExtractor, crop_margin, default_params_path
 
 # Cropped and plain extraction agree to the bit for integer images (and for filters on any
 # image: the LoG / wavelet margins are chosen for that). Resampling a float64 (normalised)
@@ -81,7 +81,7 @@ def test_filters_cropped_equals_plain(centre):
 
 
 def test_crop_really_crops():
-    from RadFusionScreenLib.radiomic import _label_bbox
+    from RadFusionScreenLib.features.radiomic import _label_bbox
 
     image, mask = ct_like()
     prepared, _, _ = RadiomicExtractor(FILTERED)._preprocess(image, mask, _label_bbox(mask, 1))

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.explain import shap_values
-from RadFusionScreenLib.report import (
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.explanation.shap_values import shap_values
+from RadFusionScreenLib.presentation.model_report import (
     RESEARCH_USE,
     TEST_SET,
     TRAINING_OOF,
@@ -39,7 +39,7 @@ from RadFusionScreenLib.stats import (
     threshold_metrics,
     youden_threshold,
 )
-from RadFusionScreenLib.train import (
+from RadFusionScreenLib.model.train import (
     ModelComparison,
     ModelSettings,
     compare_models,
@@ -297,7 +297,7 @@ def test_report_write_is_atomic(comparison, summary, tmp_path, monkeypatch) -> N
     def failing_replace(source, target):
         raise OSError("disk full")
 
-    monkeypatch.setattr("RadFusionScreenLib.report.os.replace", failing_replace)
+    monkeypatch.setattr("RadFusionScreenLib.presentation.model_report.os.replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_report(path, comparison, summary, None, comparison.best_model)
     assert path.read_text(encoding="utf-8") == "previous report"

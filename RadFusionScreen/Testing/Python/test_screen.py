@@ -14,10 +14,10 @@ import SimpleITK as sitk
 from scipy.special import expit
 
 from conftest import REPO_ROOT, shared_path
-from RadFusionScreenLib.cli import main
-from RadFusionScreenLib.errors import GeometryMismatchError, InputError, MaskError
+from RadFusionScreenLib.app.cli import main
+from RadFusionScreenLib.core.errors import GeometryMismatchError, InputError, MaskError
 from RadFusionScreenLib import screen
-from RadFusionScreenLib.screening import Screener
+from RadFusionScreenLib.serving.screening import Screener
 
 SHIPPED = REPO_ROOT / "models" / "busi-ultrasound"
 
@@ -70,7 +70,7 @@ def test_nomogram_breakdown_is_consistent_with_the_bundle(screener, busi_test_ca
 def test_heatmap_is_in_the_input_geometry_and_on_the_lesion(screener, busi_test_cases):
     case = busi_test_cases.iloc[0]
     result = screener.screen(case["image"], case["mask"])
-    from RadFusionScreenLib.io import read_image, read_mask
+    from RadFusionScreenLib.inputs.images import read_image, read_mask
 
     image = read_image(case["image"])
     mask = sitk.GetArrayFromImage(read_mask(case["mask"], reference=image)) > 0
@@ -85,7 +85,7 @@ def test_heatmap_is_in_the_input_geometry_and_on_the_lesion(screener, busi_test_
 
 def test_numpy_arrays_give_the_same_probability_as_files(screener, busi_test_cases):
     case = busi_test_cases.iloc[1]
-    from RadFusionScreenLib.io import read_image, read_mask
+    from RadFusionScreenLib.inputs.images import read_image, read_mask
 
     image = read_image(case["image"])
     mask = read_mask(case["mask"], reference=image)
@@ -176,7 +176,7 @@ def clinical_bundle(tmp_path_factory) -> Path:
     """
     pytest.importorskip("sklearn", reason="building a bundle is training (scikit-learn, the `train` extra); "
                         "the Slicer-like environment serves only")
-    from RadFusionScreenLib.builder import TrainOptions, build_model
+    from RadFusionScreenLib.app.train_command import TrainOptions, build_model
 
     busi = shared_path("busi")
     folder = tmp_path_factory.mktemp("clinical")
@@ -219,7 +219,7 @@ def test_demo_writes_summary_overlay_and_report(tmp_path, busi_test_cases):
 
 
 def test_demo_without_shared_data_screens_a_generated_phantom(tmp_path, monkeypatch, screener):
-    import RadFusionScreenLib.demo as demo
+    import RadFusionScreenLib.app.demo as demo
 
     monkeypatch.setattr(demo, "BUSI", tmp_path / "absent")
     lines = demo.run_demo(tmp_path / "demo", model=str(SHIPPED))
@@ -231,7 +231,7 @@ def test_demo_without_shared_data_screens_a_generated_phantom(tmp_path, monkeypa
 
 def test_another_modality_is_refused_also_for_arrays(screener):
     """The ultrasound model refuses a CT volume given as SimpleITK image (as Slicer passes it)."""
-    from RadFusionScreenLib.phantoms import synthetic_ct
+    from RadFusionScreenLib.inputs.phantoms import synthetic_ct
 
     image, mask = synthetic_ct(shape=(16, 48, 48), radius_mm=6.0)
     with pytest.raises(InputError, match="trained on US images; this image is CT"):

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.base import clone
 
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.harmonize import ComBatHarmonizer
-from RadFusionScreenLib.select import CorrelationPruner, ICCFilter, LassoSelector, UnivariateFilter, VarianceFilter
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.model.harmonize import ComBatHarmonizer
+from RadFusionScreenLib.model.feature_selection import CorrelationPruner, ICCFilter, LassoSelector, UnivariateFilter, VarianceFilter
 from RadFusionScreenLib.stats import ComBatModel
-from RadFusionScreenLib.train import (
+from RadFusionScreenLib.model.train import (
     FeatureColumns,
     ModelSettings,
     build_pipeline,

@@ -17,10 +17,10 @@ import SimpleITK as sitk
 
 from conftest import shared_path
 from mrml_scene import headless_scene, import_module_file, slice_logic, slicer  # skips without slicer-core
-from RadFusionScreenLib import cli
+from RadFusionScreenLib.app import cli
 from RadFusionScreenLib.slicer_glue import mrml
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.io import read_image, read_mask
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.inputs.images import read_image, read_mask
 
 BUSI_CASE = "malignant_10"
 

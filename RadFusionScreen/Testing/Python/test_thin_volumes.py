@@ -26,10 +26,10 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from conftest import REPO_ROOT, SHARED_DATA, shared_path
-from RadFusionScreenLib.cli import main
-from RadFusionScreenLib.cohort import CaseTask, collect_outcomes, extract_cohort
-from RadFusionScreenLib.features import CaseFeatureExtractor, ExtractionConfig
-from RadFusionScreenLib.radiomic import RadiomicExtractor, _label_bbox
+from RadFusionScreenLib.app.cli import main
+from RadFusionScreenLib.features.cohort import CaseTask, collect_outcomes, extract_cohort
+from RadFusionScreenLib.features.case_features import CaseFeatureExtractor, ExtractionConfig
+from RadFusionScreenLib.features.radiomic import RadiomicExtractor, _label_bbox
 
 CT_RADIOMICS = ExtractionConfig(deep=None, modality="CT")
 RESAMPLING_ONLY = {
@@ -90,7 +90,7 @@ def test_resampled_thin_volume_equals_the_mirror_spline_of_scipy(slices, z_spaci
 def test_the_mirror_extension_changes_nothing_where_itk_is_right():
     """On 3 slices ITK's own interpolation and the extended image's are bit-identical: the
     extension defines the value ITK intends, it does not change the method."""
-    from RadFusionScreenLib.radiomic import _IIR_INTERPOLATOR_MARGIN
+    from RadFusionScreenLib.features.radiomic import _IIR_INTERPOLATOR_MARGIN
 
     image, mask = thin_case(3, dtype=np.float32)
     padded = sitk.GetImageFromArray(np.pad(sitk.GetArrayFromImage(image), ((_IIR_INTERPOLATOR_MARGIN,) * 2, (0, 0), (0, 0)),
@@ -108,7 +108,7 @@ def test_the_mirror_extension_changes_nothing_where_itk_is_right():
 _RUN_CASES = """
 import json, sys
 import numpy as np
-from RadFusionScreenLib.features import CaseFeatureExtractor, ExtractionConfig
+from RadFusionScreenLib.features.case_features import CaseFeatureExtractor, ExtractionConfig
 extractor = CaseFeatureExtractor(ExtractionConfig(deep=None, modality="CT"))
 out = {}
 for case_id, image, mask in json.loads(sys.argv[1]):
@@ -192,7 +192,7 @@ def test_a_dead_or_raising_worker_becomes_that_cases_error():
 
 def test_batch_screening_goes_on_after_a_library_error(tmp_path, monkeypatch):
     busi = shared_path("busi")
-    from RadFusionScreenLib import screening
+    from RadFusionScreenLib.serving import screening
 
     cases = pd.read_csv(busi / "manifest.csv").head(3)
     manifest = tmp_path / "cases.csv"

@@ -30,10 +30,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 
-from RadFusionScreenLib.errors import InputError
-from RadFusionScreenLib.harmonize import ComBatHarmonizer
+from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.model.harmonize import ComBatHarmonizer
 from RadFusionScreenLib.stats import roc_auc
-from RadFusionScreenLib.train import (
+from RadFusionScreenLib.model.train import (
     CLASSIFIERS,
     FeatureColumns,
     ModelSettings,

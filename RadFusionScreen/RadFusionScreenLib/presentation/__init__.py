@@ -1,0 +1,1 @@
+"""Stage 6, presentation: the model report, model card, case report and their figures."""

@@ -1,0 +1,157 @@
+"""Model cards: the README.md of a model bundle, written from its own recorded numbers.
+
+What a reader needs before using a model (Mitchell et al. 2019, "Model Cards for Model
+Reporting"): intended use, data, cohort sizes, internal test metrics with confidence
+intervals, calibration of the shipped model, and limitations. The numbers are read from
+the bundle's manifest (the training summary ``radfusion train`` recorded); calibration of
+the shipped model is recomputed from its recorded test predictions and the test labels.
+Free text (data source, citation, known problems) comes from the person who trained it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+FAMILIES = ("radiomic", "deep", "fused", "nomogram")
+
+
+def model_card_text(manifest: Mapping[str, Any], notes: str = "",
+                    test_labels: Mapping[str, int] | None = None) -> str:
+    """Markdown model card for a bundle manifest; ``notes`` is inserted as written."""
+    training = manifest.get("training") or {}
+    metrics = training.get("metrics") or {}
+    models = metrics.get("models") or {}
+    primary = manifest["models"]["primary"]
+    lines = [
+        f"# Model card: {manifest.get('name')}",
+        "",
+        f"Bundle format {manifest.get('format_version')}, created {manifest.get('created')} by RadFusionScreen "
+        f"{(manifest.get('packages') or {}).get('radfusionscreen', '')}.",
+        "",
+        "## Intended use",
+        "",
+        "Research on opportunistic screening: the probability that a segmented lesion is positive "
+        f"(label 1) from {(manifest.get('extraction') or {}).get('modality', '?')} images, with a nomogram "
+        "breakdown and a Grad-CAM map. **Not for clinical use without local validation** on the site's own "
+        "patients, scanners and segmentation practice. Not a diagnosis; not validated prospectively.",
+        "",
+    ]
+    if notes.strip():
+        lines += [notes.strip(), ""]
+    lines += _cohort_section(training.get("cohort") or {})
+    lines += _model_section(primary, manifest)
+    lines += _metrics_section(models, metrics)
+    lines += _calibration_section(manifest, primary, test_labels)
+    lines += _limitations(training.get("cohort") or {}, manifest)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def fitting_remarks(summary: Mapping[str, Any]) -> list[str]:
+    """"model: remark" for each fallback a model used (e.g. Firth's fit) and each model not built,
+    from a comparison summary (``radfusion train --json``, a bundle's training metrics)."""
+    remarks = [f"{name}: {remark}" for name, m in (summary.get("models") or {}).items()
+               for remark in m.get("remarks") or []]
+    return remarks + [f"{name}: not built: {why}" for name, why in (summary.get("failed_models") or {}).items()]
+
+
+def _cohort_section(cohort: Mapping[str, Any]) -> list[str]:
+    def part(name: str) -> str:
+        info = cohort.get(name) or {}
+        groups = f", {info['n_groups']} groups" if "n_groups" in info else ""
+        return (f"{info.get('n', '?')} cases ({info.get('n_positive', '?')} positive, "
+                f"prevalence {_num(info.get('prevalence'))}{groups})")
+
+    return ["## Cohort", "", f"- split: {cohort.get('split', '?')}", f"- training: {part('train')}",
+            f"- internal test: {part('test')}",
+            f"- features: {cohort.get('n_radiomic_features', 0)} radiomic, {cohort.get('n_deep_features', 0)} deep; "
+            f"clinical: {', '.join(cohort.get('clinical') or []) or 'none'}", ""]
+
+
+def _model_section(primary: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+    deep = (manifest.get("extraction") or {}).get("deep") or {}
+    return ["## Shipped model", "",
+            f"- {primary.get('result')} ({primary.get('feature_set')} features, classifier {primary.get('classifier')}), "
+            f"{len(primary['spec'].get('input_columns', []))} input columns",
+            f"- decision threshold {_num(manifest.get('decision_threshold'))} (Youden, on training out-of-fold "
+            "predictions)",
+            f"- deep features: {deep.get('backbone', '?')} ({deep.get('weights', '')}), {deep.get('layer', '')}",
+            "- radiomic features: PyRadiomics with the params YAML recorded in manifest.json", ""]
+
+
+def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
+    lines = ["## Internal test metrics", "",
+             "Best model of each family by nested-CV AUC on the training set; the test set was used once.", "",
+             "| family | model | CV AUC (mean ± SD) | test AUC (95% CI, DeLong) | bootstrap CI | sensitivity | specificity |",
+             "|---|---|---|---|---|---|---|"]
+    for family in FAMILIES:
+        candidates = {n: m for n, m in models.items() if m.get("feature_set") == family}
+        if not candidates:
+            continue
+        name, m = max(candidates.items(), key=lambda item: _finite(item[1].get("cv_auc")))
+        lines.append(f"| {family} | {name} | {_num(m.get('cv_auc'))} ± {_num(m.get('cv_auc_sd'))} | "
+                     f"{_num(m.get('test_auc'))} ({_ci(m.get('test_auc_ci'))}) | {_ci(m.get('test_auc_ci_bootstrap'))} | "
+                     f"{_proportion(m.get('sensitivity'))} | {_proportion(m.get('specificity'))} |")
+    lines += ["", f"Best model overall by CV AUC: {metrics.get('best_model')}.", ""]
+    remarks = fitting_remarks(metrics)
+    if remarks:
+        lines += ["Fitting remarks (fallbacks used, models that could not be built):", "",
+                  *(f"- {remark}" for remark in remarks), ""]
+    for test in metrics.get("delong") or []:
+        if test.get("comparison", "").startswith("fused vs"):
+            lines.append(f"- DeLong, {test['comparison']}: {test['model']} vs {test['reference']}, "
+                         f"difference {_num(test.get('difference'))}, p = {_num(test.get('p_value'))}")
+    return lines + [""]
+
+
+def _calibration_section(manifest: Mapping[str, Any], primary: Mapping[str, Any],
+                         test_labels: Mapping[str, int] | None) -> list[str]:
+    from RadFusionScreenLib.stats import calibration_intercept_slope, hosmer_lemeshow_test
+
+    recorded = ((manifest.get("training") or {}).get("reference") or {}).get("test_predictions") or {}
+    cases = [c for c in recorded if test_labels is not None and c in test_labels]
+    if len(cases) < 10:
+        return ["## Calibration", "", "Not computed (test labels not available to the card).", ""]
+    y = np.array([int(test_labels[c]) for c in cases])
+    p = np.array([float(recorded[c]) for c in cases])
+    hl = hosmer_lemeshow_test(y, p)
+    fit = calibration_intercept_slope(y, p, clip=1e-6)
+    slope_note = ("; Firth's estimate: the predictions separate the test set perfectly, so the maximum-likelihood "
+                  "slope is infinite" if fit.slope_method == "firth" else "")
+    return ["## Calibration (shipped model, internal test set)", "",
+            f"- Hosmer-Lemeshow (10 groups): statistic {hl.statistic:.2f}, df {hl.df}, p = {hl.p_value:.3f}",
+            f"- calibration-in-the-large {fit.intercept:.3f} (ideal 0), slope {fit.slope:.3f} (ideal 1){slope_note}",
+            f"- mean predicted {p.mean():.3f} vs observed {y.mean():.3f} ({len(y)} cases)", ""] + (
+        ["**The probabilities are miscalibrated** (Hosmer-Lemeshow p < 0.05): read them as a ranking "
+         "against the decision threshold, and recalibrate on local data before quoting them as risks.", ""]
+        if hl.p_value < 0.05 else [])
+
+
+def _limitations(cohort: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+    lines = ["## Limitations", ""]
+    sites = (cohort.get("train") or {}).get("sites")
+    if not sites or len(sites) < 2:
+        lines.append("- Single site: no harmonisation was possible and transfer to other scanners is unknown.")
+    if not cohort.get("clinical"):
+        lines.append("- No clinical variables: the nomogram uses the rad-score and deep-score only.")
+    lines.append("- Internal validation only (one random split); expect lower performance elsewhere.")
+    return lines + [""]
+
+
+def _finite(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else -np.inf
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
+
+
+def _ci(interval: Any) -> str:
+    return f"{_num(interval[0])}–{_num(interval[1])}" if interval else "n/a"
+
+
+def _proportion(value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return "n/a"
+    return f"{_num(value.get('estimate'))} ({_num(value.get('lower'))}–{_num(value.get('upper'))})"
