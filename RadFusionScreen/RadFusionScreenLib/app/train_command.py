@@ -29,7 +29,6 @@ from RadFusionScreenLib.model.train import (
     FEATURE_SETS,
     FeatureColumns,
     ModelSettings,
-    best_result,
     compare_models,
     infer_feature_columns,
     split_cohort,
@@ -346,17 +345,8 @@ def _shap_of(comparison: Any, name: str, cases: pd.DataFrame) -> Any:
 
 
 def shipped_model_name(comparison: Any) -> str:
-    """The model a bundle serves: the best fused model, else the best model that is not the nomogram.
-
-    ``<set>/lasso-lr`` results only make the rad/deep scores; they are never candidates
-    (the bundle writer skips them too).
-    """
-    candidates = [r for r in comparison.results.values() if not r.name.endswith("/lasso-lr")]
-    fused = best_result(r for r in candidates if r.feature_set == "fused")
-    shipped = fused or best_result(r for r in candidates if r.feature_set != "nomogram")
-    if shipped is None:
-        raise InputError("no model to ship: only the nomogram was built")
-    return shipped.name
+    """The model a bundle serves (``ModelComparison.shipped_result``)."""
+    return comparison.shipped_result().name
 
 
 def parse_list(text: str | None, allowed: Sequence[str] | None = None, what: str = "value") -> tuple[str, ...]:

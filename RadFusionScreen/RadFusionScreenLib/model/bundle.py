@@ -46,6 +46,7 @@ import pandas as pd
 from scipy.special import expit
 
 from RadFusionScreenLib.core.errors import BundleError, InputError
+from RadFusionScreenLib.model.roles import NOMOGRAM_RESULT, SCORE_FEATURE_SETS
 from RadFusionScreenLib.stats import Nomogram
 from RadFusionScreenLib.model.trust import LOCK, SIGNATURE, Provenance, check_lock, check_pinned, environment_warnings, lock_bytes, \
     verify_signature
@@ -57,8 +58,6 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 ENGINE_FILES = frozenset({MANIFEST, LOCK, SIGNATURE})  # written by the engine, not listed in the manifest
 PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".dill"})
-RAD_SCORE, DEEP_SCORE = "rad_score", "deep_score"  # as train.RAD_SCORE / DEEP_SCORE
-_SCORE_SETS = ((RAD_SCORE, "radiomic"), (DEEP_SCORE, "deep"))
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -915,34 +914,20 @@ def write_bundle(
 
 
 def _primary_result(comparison: Any, feature_set: str, classifier: str | None) -> Any:
-    from RadFusionScreenLib.model.train import best_result  # training-side only: loading a bundle never imports scikit-learn
-
-    candidates = {k: r for k, r in comparison.results.items()
-                  if r.feature_set == feature_set and not k.endswith("/lasso-lr")}
-    if classifier is not None:
-        candidates = {k: r for k, r in candidates.items() if r.classifier == classifier}
-    if not candidates:
-        raise BundleError(f"the comparison has no {feature_set!r} model"
-                          + (f" with classifier {classifier!r}" if classifier else "")
-                          + f"; it has: {sorted(comparison.results)}")
-    return best_result(candidates.values())
+    try:
+        return comparison.shipped_result(feature_set, classifier)
+    except InputError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def _score_results(comparison: Any) -> dict[str, Any]:
-    """The LASSO-LR models behind rad_score / deep_score, found as train._lasso_lr_result names them."""
-    exposed = getattr(comparison, "score_models", None)
+    """The models behind rad_score / deep_score (``ModelComparison.score_models``)."""
     found = {}
-    for score, feature_set in _SCORE_SETS:
+    for score in SCORE_FEATURE_SETS:
         if score not in comparison.scores_train.columns:
             continue
-        if exposed:
-            names = [exposed[score]] if score in exposed else []
-        else:
-            names = [f"{feature_set}/lasso-lr"]
-            if comparison.settings.reduction == "lasso":
-                names.append(f"{feature_set}/lr")
-        name = next((n for n in names if n in comparison.results), None)
-        if name is None:
+        name = comparison.score_models.get(score)
+        if name not in comparison.results:
             raise BundleError(f"the comparison has {score} but not the model that made it")
         found[score] = comparison.results[name]
     return found
@@ -960,8 +945,6 @@ def _nomogram_entry(comparison: Any) -> dict[str, Any] | None:
     nomogram = comparison.nomogram
     if nomogram is None:
         return None
-    from RadFusionScreenLib.model.train import NOMOGRAM_RESULT
-
     result = comparison.results.get(NOMOGRAM_RESULT)
     fill = dict(getattr(comparison, "clinical_fill", None) or {})
     for term in nomogram.to_dict()["terms"]:  # the reference (most frequent) level fills a categorical gap

@@ -68,6 +68,8 @@ from sklearn.svm import SVC
 
 from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.model.fit_cache import FitCache
+from RadFusionScreenLib.model.roles import (CANDIDATE, NOMOGRAM, NOMOGRAM_RESULT, SCORE_FEATURE_SETS, SCORE_ONLY,
+                                            SHIPPED_FEATURE_SET)
 from RadFusionScreenLib.model.harmonize import ComBatHarmonizer
 from RadFusionScreenLib.model.feature_selection import CorrelationPruner, LassoSelector, UnivariateFilter, VarianceFilter
 from RadFusionScreenLib.stats import (
@@ -93,9 +95,7 @@ RADIOMIC_PREFIXES = (
     "morph_", "stat_", "ih_", "cm_", "rlm_", "szm_", "ngl_", "ngt_",
 )
 DEEP_PREFIX = "deep_"
-RAD_SCORE, DEEP_SCORE = "rad_score", "deep_score"
 OUTER_FOLD = "outer_fold"  # column of ModelComparison.scores_train
-NOMOGRAM_RESULT = "nomogram/logistic"
 
 
 # ====================================================================== columns
@@ -616,6 +616,7 @@ class ModelResult:
     test_auc_bootstrap: AUCResult | None = None
     test_metrics: ThresholdMetrics | None = None
     remarks: list[str] = field(default_factory=list)  # fallbacks used for this model (e.g. Firth's fit)
+    role: str = CANDIDATE  # roles.CANDIDATE, SCORE_ONLY (makes a rad/deep score only) or NOMOGRAM
 
     @property
     def cv_auc_mean(self) -> float:
@@ -666,6 +667,25 @@ class ModelComparison:
     score_models: dict[str, str] = field(default_factory=dict)  # rad_score / deep_score -> result name
     clinical_fill: dict[str, Any] = field(default_factory=dict)  # training value for a missing clinical value
     failed: dict[str, str] = field(default_factory=dict)  # model name -> why it could not be built
+
+    def candidates(self, feature_set: str | None = None, classifier: str | None = None) -> list[ModelResult]:
+        """The results a bundle may ship (not the score-only models, not the nomogram)."""
+        return [r for r in self.results.values() if r.role == CANDIDATE
+                and (feature_set is None or r.feature_set == feature_set)
+                and (classifier is None or r.classifier == classifier)]
+
+    def shipped_result(self, feature_set: str | None = None, classifier: str | None = None) -> ModelResult:
+        """The model a bundle serves: the best (nested-CV AUC) candidate of ``feature_set`` (and
+        ``classifier``) when given, else the best fused model, else the best candidate."""
+        if feature_set is not None or classifier is not None:
+            chosen = best_result(self.candidates(feature_set, classifier))
+        else:
+            chosen = best_result(self.candidates(SHIPPED_FEATURE_SET)) or best_result(self.candidates())
+        if chosen is None:
+            wanted = " ".join(x for x in (feature_set, classifier) if x) or "candidate"
+            raise InputError(f"the comparison has no {wanted} model to ship (only the nomogram or score models "
+                             f"were built); it has: {sorted(self.results)}")
+        return chosen
 
     def summary(self) -> pd.DataFrame:
         """One row per model, best first by CV AUC; DeLong p vs the best model on the test set."""
@@ -985,7 +1005,7 @@ def _rad_deep_scores(context: _Context, columns: FeatureColumns, results: dict[s
     scores_train = pd.DataFrame(index=context.train.index)
     scores_test = pd.DataFrame(index=context.test.index) if context.test is not None else None
     fold, score_models = None, {}
-    for feature_set, score_name in (("radiomic", RAD_SCORE), ("deep", DEEP_SCORE)):
+    for score_name, feature_set in SCORE_FEATURE_SETS.items():
         if not columns.for_set(feature_set):
             notes.append(f"no {score_name}: no {feature_set} columns")
             continue
@@ -1016,7 +1036,7 @@ def _lasso_lr_result(context: _Context, feature_set: str, columns: FeatureColumn
     settings = replace(context.settings, reduction="lasso")
     name = f"{feature_set}/lasso-lr"
     result = _evaluate_or_note(name, notes, failed, log, lambda: replace(
-        _evaluate(context, feature_set, "lr", columns.for_set(feature_set), settings), name=name))
+        _evaluate(context, feature_set, "lr", columns.for_set(feature_set), settings), name=name, role=SCORE_ONLY))
     if result is not None:
         results[name] = result
     return result
@@ -1052,7 +1072,7 @@ def _evaluate_nomogram(
     result = ModelResult(
         name=NOMOGRAM_RESULT, feature_set="nomogram", classifier="logistic", cv=cv,
         threshold=_training_threshold(context.y_train, cv.probability), model=fitted,
-        selected_features=list(train_frame.columns), best_params={}, seconds=0.0, remarks=remarks,
+        selected_features=list(train_frame.columns), best_params={}, seconds=0.0, remarks=remarks, role=NOMOGRAM,
     )
     if scores_test is not None:
         test_frame = scores_test.join(context.test[clinical].fillna(fill)) if clinical else scores_test

@@ -43,7 +43,7 @@ from RadFusionScreenLib.stats import (
     delong_test,
     hosmer_lemeshow_test,
 )
-from RadFusionScreenLib.model.train import NOMOGRAM_RESULT as NOMOGRAM_MODEL
+from RadFusionScreenLib.model.roles import NOMOGRAM_RESULT as NOMOGRAM_MODEL
 from RadFusionScreenLib.model.train import ModelComparison, ModelResult, best_result
 
 FORMAT = "RadFusionScreen.ComparisonSummary"

@@ -31,9 +31,10 @@ import SimpleITK as sitk
 
 from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.core.locations import resolve_model_path
+from RadFusionScreenLib.model.roles import DEEP_SCORE, RAD_SCORE
 
 RISK_CLASSES = ("low", "high")  # below / at or above the bundle's decision threshold
-SCORE_NAMES = ("rad_score", "deep_score")
+SCORE_NAMES = (RAD_SCORE, DEEP_SCORE)
 
 
 # ====================================================================== result
@@ -65,7 +66,7 @@ class ScreenResult:
         """JSON-able numbers (the heat map itself is left out)."""
         return {
             "probability": self.probability, "decision": self.decision, "risk_class": self.risk_class,
-            "threshold": self.threshold, "rad_score": self.rad_score, "deep_score": self.deep_score,
+            "threshold": self.threshold, RAD_SCORE: self.rad_score, DEEP_SCORE: self.deep_score,
             "nomogram": {"terms": _records(self.nomogram), "total_points": self.nomogram_total_points,
                          "linear_predictor": self.nomogram_linear_predictor, "probability": self.nomogram_probability},
             "features": _records(self.features), "model": self.model, "timings_s": self.timings,
@@ -214,7 +215,7 @@ class Screener(ModelDescription):
         used = self._used_features(frame)
         timings["model"] = _lap(clock)
         cam = None
-        if heatmap and "deep_score" in self.bundle.score_models:
+        if heatmap and DEEP_SCORE in self.bundle.score_models:
             clock = time.perf_counter()
             cam = self._grad_cam(image, mask, frame)
             timings["gradcam"] = _lap(clock)
@@ -272,7 +273,7 @@ class Screener(ModelDescription):
     def _grad_cam(self, image: sitk.Image, mask: sitk.Image, frame: pd.DataFrame) -> Any:
         from RadFusionScreenLib.explanation.gradcam import grad_cam
 
-        weights, bias = deep_score_head(self.bundle.score_models["deep_score"], frame, self._deep.feature_names())
+        weights, bias = deep_score_head(self.bundle.score_models[DEEP_SCORE], frame, self._deep.feature_names())
         return grad_cam(self._deep, image, mask, weights, bias)
 
     def _warnings(self, frame: pd.DataFrame, roi_voxels: int) -> list[str]:
@@ -301,7 +302,7 @@ class Screener(ModelDescription):
         nomogram, total, lp, p_nomogram = _nomogram_table(predicted, row, self.bundle.nomogram)
         return ScreenResult(
             probability=probability, decision=decision, risk_class=RISK_CLASSES[int(bool(decision))],
-            threshold=threshold, rad_score=_optional(predicted, "rad_score"), deep_score=_optional(predicted, "deep_score"),
+            threshold=threshold, rad_score=_optional(predicted, RAD_SCORE), deep_score=_optional(predicted, DEEP_SCORE),
             nomogram=nomogram, nomogram_total_points=total, nomogram_linear_predictor=lp,
             nomogram_probability=p_nomogram, features=used, heatmap=heatmap, model=self.model_info(),
             timings=timings, warnings=warnings,
@@ -472,7 +473,7 @@ def screen(image: Any, mask: Any, model: str | os.PathLike | None = None, clinic
                                   segment=segment)
 
 
-PREDICTION_COLUMNS = ("case_id", "probability", "decision", "risk_class", "rad_score", "deep_score", "error")
+PREDICTION_COLUMNS = ("case_id", "probability", "decision", "risk_class", RAD_SCORE, DEEP_SCORE, "error")
 
 
 def screen_manifest(manifest_path: str | os.PathLike, output_path: str | os.PathLike,
