@@ -136,29 +136,32 @@ def test_the_panel_opens_before_the_engine_packages_are_installed():
     queue, seen, offending = [MODULE_FILE, GLUE_DIR / "widget_controller.py"], set(), []
     while queue:
         path = queue.pop()
-        if path in seen:
+        if path in seen or not path.is_file():
             continue
         seen.add(path)
-        package = path.parent
         for node in ast.parse(path.read_text()).body:  # module level only: function bodies import lazily
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = package
-                for _ in range(node.level - 1):
-                    base = base.parent
-                target = base.joinpath(*(node.module or "").split(".")) if node.module else base
-                candidates = [target.with_suffix(".py"), target / "__init__.py"]
-                candidates += [target / f"{a.name}.py" for a in node.names]
-                queue += [c for c in candidates if c.is_file()]
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path}: relative import"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 for name in names:
                     top = name.split(".")[0]
                     if top not in allowed:
                         offending.append(f"{path.relative_to(MODULE_DIR)}: {name}")
                     if top == "RadFusionScreenLib":
-                        queue.append(engine.joinpath(*name.split(".")[1:]).with_suffix(".py"))
+                        submodules = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+                        queue += _engine_files(engine, name.split(".")[1:], submodules)
     assert len(seen) >= 6, f"the walk found too few files: {sorted(p.name for p in seen)}"
     assert not offending, f"imports that need the engine's packages before they are installed: {offending}"
+
+
+def _engine_files(engine: Path, parts: list[str], names: list[str]) -> list[Path]:
+    """The files an import of ``RadFusionScreenLib.<parts>`` (``from ... import <names>``) runs:
+    every enclosing package's ``__init__``, the module itself, and imported sub-modules."""
+    files = [engine.joinpath(*parts[:depth], "__init__.py") for depth in range(len(parts) + 1)]
+    target = engine.joinpath(*parts)
+    files += [target.with_suffix(".py")] + [target / f"{name}.py" for name in names]
+    files += [target / name / "__init__.py" for name in names]
+    return files
 
 
 def test_extension_metadata_is_true():
