@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.core.jsonable import to_jsonable
 from RadFusionScreenLib.model.trust import bundle_digest
 from RadFusionScreenLib.model.train import (
     CLASSIFIERS,
@@ -323,11 +324,7 @@ def cohort_description(table: pd.DataFrame, split: Any, options: TrainOptions, c
 def _settings_record(options: TrainOptions) -> dict[str, Any]:
     keep = ("test_size", "seed", "external_site", "feature_sets", "classifiers", "grid", "outer_folds",
             "inner_folds", "n_boot", "reduction", "univariate_test", "correlation_threshold", "harmonize", "icc_type", "icc_threshold")
-    return {name: _jsonable(getattr(options, name)) for name in keep}
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    return {name: to_jsonable(getattr(options, name)) for name in keep}
 
 
 SHAP_MAX_CASES = 200  # model-agnostic SHAP (SVM, MLP) costs grow with cases x features

@@ -1,0 +1,34 @@
+"""Build and compare screening models from a cohort feature table, without leakage: every step
+that learns from data is a step of one scikit-learn pipeline fitted on training rows only.
+``columns`` says which table columns form each feature set; ``splits`` splits a cohort into
+training and test sets and into cross-validation folds, never splitting a group; ``pipelines``
+builds the pipeline of one feature set x classifier (imputation, ComBat, filters, LASSO / PCA,
+classifier), its hyper-parameter grid search, and fits and predicts; ``cross_validation``
+refits a whole model per outer fold for out-of-fold predictions (nested CV); ``model_result``
+turns one model into a :class:`ModelResult` (nested CV, final fit, training threshold, test
+metrics); ``scores`` builds the rad-score, deep-score and nomogram; ``comparison`` runs
+:func:`compare_models` over every feature set x classifier (its docstring tells how each
+number is obtained) into a :class:`ModelComparison`.
+"""
+
+from __future__ import annotations
+
+from RadFusionScreenLib.model.train.columns import (DEEP_PREFIX, FEATURE_SETS, RADIOMIC_PREFIXES, FeatureColumns,
+                                                    infer_feature_columns)
+from RadFusionScreenLib.model.train.comparison import ModelComparison, best_result, compare_models
+from RadFusionScreenLib.model.train.cross_validation import CrossValidatedPredictions, cross_validated_predictions
+from RadFusionScreenLib.model.train.model_result import ModelResult
+from RadFusionScreenLib.model.train.pipelines import (CLASSIFIERS, GRID_SIZES, REDUCTIONS, ModelSettings,
+                                                      build_pipeline, build_search, fit_model, linear_predictor,
+                                                      make_classifier, param_grid, predict_probability,
+                                                      selected_feature_names)
+from RadFusionScreenLib.model.train.scores import OUTER_FOLD
+from RadFusionScreenLib.model.train.splits import CohortSplit, StratifiedSiteKFold, group_labels, split_cohort
+
+__all__ = [
+    "CLASSIFIERS", "DEEP_PREFIX", "FEATURE_SETS", "GRID_SIZES", "OUTER_FOLD", "RADIOMIC_PREFIXES", "REDUCTIONS",
+    "CohortSplit", "CrossValidatedPredictions", "FeatureColumns", "ModelComparison", "ModelResult", "ModelSettings",
+    "StratifiedSiteKFold", "best_result", "build_pipeline", "build_search", "compare_models",
+    "cross_validated_predictions", "fit_model", "group_labels", "infer_feature_columns", "linear_predictor",
+    "make_classifier", "param_grid", "predict_probability", "selected_feature_names", "split_cohort",
+]
