@@ -94,7 +94,8 @@ def build_model(
 ) -> BuildResult:
     """Train, compare, report and bundle (see module doc). ``out_dir`` None: no bundle."""
     from RadFusionScreenLib.model.bundle import write_bundle
-    from RadFusionScreenLib.presentation.model_report import comparison_summary, write_report
+    from RadFusionScreenLib.model.evaluation import comparison_summary
+    from RadFusionScreenLib.presentation.model_report import write_report
 
     log = progress or (lambda message: None)
     table, extraction = load_training_table(Path(input_path), options, out_dir, log)

@@ -9,14 +9,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], None], *, suffix: str | None = None) -> Path:
     """``write(temporary)`` writes the content to a temporary file beside ``path`` (same file
     system, same suffix so format-sniffing writers such as SimpleITK's pick the right one),
     then it replaces ``path`` in one rename. On any error the temporary file is removed and
-    ``path`` is left as it was."""
+    ``path`` is left as it was. ``suffix``: the temporary file's suffix instead of ``path``'s
+    (e.g. the format to write to a path without one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
+    suffix = "".join(path.suffixes) if suffix is None else suffix
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
         write(temporary)

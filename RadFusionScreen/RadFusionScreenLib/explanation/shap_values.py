@@ -49,6 +49,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.core.text import MISSING
 from RadFusionScreenLib.stats import Nomogram
 
 EXACT_MAX_FEATURES = 8  # 2^8 coalitions: exact enumeration still cheap
@@ -163,7 +164,7 @@ def _value_shap_correlation(result: ShapResult) -> np.ndarray:
 
 def _direction(r: float) -> str:
     if not np.isfinite(r):
-        return "n/a"
+        return MISSING
     if abs(r) < 0.3:
         return "mixed"
     return "higher value, higher risk" if r > 0 else "higher value, lower risk"

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from RadFusionScreenLib.core.text import MISSING, interval, number
+
 FAMILIES = ("radiomic", "deep", "fused", "nomogram")
 
 
@@ -61,7 +63,7 @@ def _cohort_section(cohort: Mapping[str, Any]) -> list[str]:
         info = cohort.get(name) or {}
         groups = f", {info['n_groups']} groups" if "n_groups" in info else ""
         return (f"{info.get('n', '?')} cases ({info.get('n_positive', '?')} positive, "
-                f"prevalence {_num(info.get('prevalence'))}{groups})")
+                f"prevalence {number(info.get('prevalence'))}{groups})")
 
     return ["## Cohort", "", f"- split: {cohort.get('split', '?')}", f"- training: {part('train')}",
             f"- internal test: {part('test')}",
@@ -74,7 +76,7 @@ def _model_section(primary: Mapping[str, Any], manifest: Mapping[str, Any]) -> l
     return ["## Shipped model", "",
             f"- {primary.get('result')} ({primary.get('feature_set')} features, classifier {primary.get('classifier')}), "
             f"{len(primary['spec'].get('input_columns', []))} input columns",
-            f"- decision threshold {_num(manifest.get('decision_threshold'))} (Youden, on training out-of-fold "
+            f"- decision threshold {number(manifest.get('decision_threshold'))} (Youden, on training out-of-fold "
             "predictions)",
             f"- deep features: {deep.get('backbone', '?')} ({deep.get('weights', '')}), {deep.get('layer', '')}",
             "- radiomic features: PyRadiomics with the params YAML recorded in manifest.json", ""]
@@ -90,8 +92,9 @@ def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any]) -> l
         if not candidates:
             continue
         name, m = max(candidates.items(), key=lambda item: _finite(item[1].get("cv_auc")))
-        lines.append(f"| {family} | {name} | {_num(m.get('cv_auc'))} ± {_num(m.get('cv_auc_sd'))} | "
-                     f"{_num(m.get('test_auc'))} ({_ci(m.get('test_auc_ci'))}) | {_ci(m.get('test_auc_ci_bootstrap'))} | "
+        lines.append(f"| {family} | {name} | {number(m.get('cv_auc'))} ± {number(m.get('cv_auc_sd'))} | "
+                     f"{number(m.get('test_auc'))} ({interval(m.get('test_auc_ci'))}) | "
+                     f"{interval(m.get('test_auc_ci_bootstrap'))} | "
                      f"{_proportion(m.get('sensitivity'))} | {_proportion(m.get('specificity'))} |")
     lines += ["", f"Best model overall by CV AUC: {metrics.get('best_model')}.", ""]
     remarks = fitting_remarks(metrics)
@@ -101,7 +104,7 @@ def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any]) -> l
     for test in metrics.get("delong") or []:
         if test.get("comparison", "").startswith("fused vs"):
             lines.append(f"- DeLong, {test['comparison']}: {test['model']} vs {test['reference']}, "
-                         f"difference {_num(test.get('difference'))}, p = {_num(test.get('p_value'))}")
+                         f"difference {number(test.get('difference'))}, p = {number(test.get('p_value'))}")
     return lines + [""]
 
 
@@ -143,15 +146,7 @@ def _finite(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else -np.inf
 
 
-def _num(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
-
-
-def _ci(interval: Any) -> str:
-    return f"{_num(interval[0])}–{_num(interval[1])}" if interval else "n/a"
-
-
 def _proportion(value: Any) -> str:
     if not isinstance(value, Mapping):
-        return "n/a"
-    return f"{_num(value.get('estimate'))} ({_num(value.get('lower'))}–{_num(value.get('upper'))})"
+        return MISSING
+    return f"{number(value.get('estimate'))} ({number(value.get('lower'))}–{number(value.get('upper'))})"

@@ -1,7 +1,7 @@
 """Figures of one screened case (and the training report's nomogram): matplotlib, no pyplot.
 
 Shared by the case report (:mod:`.case_report`), the Slicer panel (a PNG in a label) and the
-training report (:mod:`.report`). Serving code: needs only matplotlib and numpy (no
+training report (:mod:`.model_report`). Serving code: needs only matplotlib and numpy (no
 scikit-learn), imported lazily by whoever draws.
 
 - :func:`nomogram_figure`: rms-style nomogram (points axis, one axis per predictor, total

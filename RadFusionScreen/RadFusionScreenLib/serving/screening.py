@@ -30,6 +30,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.core.files import write_atomically
 from RadFusionScreenLib.core.locations import resolve_model_path
 from RadFusionScreenLib.model.roles import DEEP_SCORE, RAD_SCORE
 
@@ -513,14 +514,7 @@ def screen_manifest(manifest_path: str | os.PathLike, output_path: str | os.Path
 
 
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike) -> Path:
-    """Write an image through a temporary file in the same folder, then rename (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        sitk.WriteImage(image, str(temporary), useCompression=True)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    """Write an image through a temporary file in the same folder, then rename (never half a file);
+    the format follows the file name's suffix (NIfTI, compressed, when it has none)."""
+    return write_atomically(path, lambda temporary: sitk.WriteImage(image, str(temporary), useCompression=True),
+                            suffix="".join(Path(path).suffixes) or ".nii.gz")

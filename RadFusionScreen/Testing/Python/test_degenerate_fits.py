@@ -16,7 +16,8 @@ import pytest
 
 from RadFusionScreenLib import stats
 from RadFusionScreenLib.core.errors import InputError
-from RadFusionScreenLib.presentation.model_report import comparison_summary, write_report
+from RadFusionScreenLib.model.evaluation import comparison_summary
+from RadFusionScreenLib.presentation.model_report import write_report
 from RadFusionScreenLib.model.train import FeatureColumns, compare_models, split_cohort
 
 QUICK = dict(classifiers=("lr",), grid="quick", outer_folds=3, inner_folds=3, n_boot=100)

@@ -20,14 +20,8 @@ import pytest
 
 from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.explanation.shap_values import shap_values
-from RadFusionScreenLib.presentation.model_report import (
-    RESEARCH_USE,
-    TEST_SET,
-    TRAINING_OOF,
-    comparison_summary,
-    describe_cohort,
-    write_report,
-)
+from RadFusionScreenLib.model.evaluation import TEST_SET, TRAINING_OOF, comparison_summary, describe_cohort
+from RadFusionScreenLib.presentation.model_report import RESEARCH_USE, write_report
 from RadFusionScreenLib.stats import (
     auc_ci_bootstrap,
     auc_ci_delong,
