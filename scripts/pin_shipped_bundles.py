@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from RadFusionScreenLib.model.trust import SHIPPED_PINS, check_lock
+from RadFusionScreenLib.model.bundle.trust import SHIPPED_PINS, check_lock
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

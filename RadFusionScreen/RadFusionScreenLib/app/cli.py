@@ -342,7 +342,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_bundle(args: argparse.Namespace) -> int:
     import json
 
-    from RadFusionScreenLib.model import trust
+    from RadFusionScreenLib.model import bundle as trust  # the bundle package: trust and signing
     from RadFusionScreenLib.model.bundle import load_bundle
 
     if args.action == "keygen":

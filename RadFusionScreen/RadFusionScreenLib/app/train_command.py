@@ -24,7 +24,7 @@ import pandas as pd
 
 from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.core.jsonable import to_jsonable
-from RadFusionScreenLib.model.trust import bundle_digest
+from RadFusionScreenLib.model.bundle.trust import bundle_digest
 from RadFusionScreenLib.model.train import (
     CLASSIFIERS,
     FEATURE_SETS,

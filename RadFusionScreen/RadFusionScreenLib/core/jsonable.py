@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
 
 
-def to_jsonable(value: Any, unknown: Literal["raise", "repr", "str"] = "raise") -> Any:
+def to_jsonable(value: Any, unknown: Literal["raise", "repr", "str"] | Callable[[Any], Any] = "raise") -> Any:
     """A copy made of dict (str keys), list, str, int, float, bool and None: numpy scalars and
     arrays, pandas Series and tuples unpacked, NaN and +/-inf as None, paths as strings.
 
     Any other object is an error (``unknown="raise"``: TypeError naming it), or its ``repr`` /
-    ``str`` (e.g. a harmonizer template in a settings record).
+    ``str`` (e.g. a harmonizer template in a settings record), or ``unknown(value)`` when
+    ``unknown`` is a function (e.g. one raising the caller's own error).
     """
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v, unknown) for k, v in value.items()}
@@ -31,6 +32,8 @@ def to_jsonable(value: Any, unknown: Literal["raise", "repr", "str"] = "raise") 
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if callable(unknown):
+        return unknown(value)
     if unknown == "repr":
         return repr(value)
     if unknown == "str":

@@ -30,7 +30,7 @@ from RadFusionScreenLib.model.bundle import (
     write_bundle,
 )
 from RadFusionScreenLib.core.errors import InputError
-from RadFusionScreenLib.model.trust import LOCK, lock_bytes
+from RadFusionScreenLib.model.bundle import LOCK, lock_bytes
 from RadFusionScreenLib.model.harmonize import ComBatHarmonizer
 from RadFusionScreenLib.model.train import CLASSIFIERS, FeatureColumns, ModelSettings, build_pipeline, compare_models
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from RadFusionScreenLib.model import trust
+from RadFusionScreenLib.model import bundle as trust  # the bundle package: trust and signing
 from RadFusionScreenLib.model.bundle import MANIFEST, WEIGHTS, load_bundle
 from RadFusionScreenLib.app.cli import main
 from RadFusionScreenLib.core.errors import BundleError

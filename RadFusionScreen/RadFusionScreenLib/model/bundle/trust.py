@@ -8,7 +8,7 @@
   digest, and one hash per manifest section. On load the recomputed digest must equal it, so
   an edit made outside the engine is refused with the sections it changed. Re-exporting
   through the engine (``radfusion train``, the model-card writer) is the way to change a
-  bundle. (Files the manifest does not list are refused by :func:`.bundle.load_bundle`.)
+  bundle. (Files the manifest does not list are refused by :func:`.loading.load_bundle`.)
 - **Pins**: the digests of the bundles shipped with the engine (``keys/shipped_bundles.json``).
   A bundle that claims a shipped name (manifest ``name`` or folder name) with another digest
   is refused: it is not the shipped model.
@@ -17,7 +17,7 @@
   folder reads "verified: signed by NAME"; a valid one by another key "signed by an unknown
   key"; none "unsigned". The trusted keys are the project's public key (``keys/``) and the
   PEM public keys in ``$RADFUSION_TRUSTED_KEYS`` (folders, ``os.pathsep``-separated) or else
-  ``~/.config/radfusion/trusted_keys``.
+  ``~/.config/radfusion/trusted_keys``. Keys are made and bundles signed by :mod:`.signing`.
 
 What this protects: integrity (nothing in a bundle changes unnoticed) and, for signed
 bundles, provenance (who exported it). It does not protect confidentiality (a bundle is
@@ -37,21 +37,26 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from RadFusionScreenLib.core.errors import BundleError
+from RadFusionScreenLib.core.locations import PACKAGE_DIR
+from RadFusionScreenLib.model.bundle.layout import LOCK, MANIFEST, SIGNATURE
 
-LOCK = "bundle.lock.json"
-SIGNATURE = "bundle.sig.json"
 LOCK_FORMAT = "RadFusionScreen.BundleLock"
 SIGNATURE_FORMAT = "RadFusionScreen.BundleSignature"
-KEYS_DIR = Path(__file__).resolve().parents[1] / "keys"
+KEYS_DIR = PACKAGE_DIR / "keys"
 SHIPPED_PINS = KEYS_DIR / "shipped_bundles.json"
 PROJECT_SIGNER = "radfusionscreen-project"
-_SIGNED_MESSAGE = b"RadFusionScreen.BundleSignature v1\n"
+SIGNED_MESSAGE = b"RadFusionScreen.BundleSignature v1\n"
 _SECTION_DEPTH = 3
 
 
 def canonical_json(value: Any) -> bytes:
     """The manifest as the digest sees it: sorted keys, no whitespace, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def file_sha256(data: bytes) -> str:
+    """A file's SHA-256, as the manifest lists it."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def bundle_digest(manifest: Mapping[str, Any]) -> str:
@@ -99,7 +104,7 @@ def check_lock(folder: Path, manifest: Mapping[str, Any]) -> str:
     changed = sorted(k for k in set(now) | set(sections) if now.get(k) != sections.get(k))
     what = f"changed: {', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}" if changed else \
         f"{LOCK} itself was edited"
-    raise BundleError(f"{folder / 'manifest.json'} was edited outside RadFusionScreen ({what}): the bundle is refused. "
+    raise BundleError(f"{folder / MANIFEST} was edited outside RadFusionScreen ({what}): the bundle is refused. "
                       "A bundle is changed by re-exporting it through RadFusionScreen, never by hand")
 
 
@@ -186,7 +191,7 @@ def verify_signature(folder: Path, digest: str) -> Provenance:
         raise BundleError(f"{file}: signature invalid: it signs digest {signed_digest[:16]}..., the bundle's is "
                           f"{digest[:16]}... (the bundle changed after it was signed); the bundle is refused")
     try:
-        public.verify(signature, _SIGNED_MESSAGE + digest.encode())
+        public.verify(signature, SIGNED_MESSAGE + digest.encode())
     except InvalidSignature:
         raise BundleError(f"{file}: signature invalid: it does not verify with its key; the bundle is refused") from None
     identity = key_id(raw)
@@ -194,53 +199,6 @@ def verify_signature(folder: Path, digest: str) -> Provenance:
     if trusted is None:
         return Provenance("untrusted", declared or None, identity)
     return Provenance("verified", trusted[0], identity)
-
-
-def sign_bundle(folder: str | os.PathLike, private_key: str | os.PathLike, signer: str | None = None) -> Path:
-    """Sign a verified bundle's digest with an Ed25519 private key (PEM); writes ``bundle.sig.json``."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from RadFusionScreenLib.model.bundle import load_bundle
-
-    bundle = load_bundle(folder)  # refuses a tampered bundle: never sign what does not verify
-    key_file = Path(private_key)
-    try:
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise BundleError(f"{key_file} is not a readable unencrypted PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise BundleError(f"{key_file} is not an Ed25519 key (make one with: radfusion bundle keygen)")
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    record = {"format": SIGNATURE_FORMAT, "format_version": 1, "digest": bundle.digest,
-              "signer": signer or key_file.stem, "key_id": key_id(raw),
-              "public_key": base64.b64encode(raw).decode(),
-              "signature": base64.b64encode(key.sign(_SIGNED_MESSAGE + bundle.digest.encode())).decode()}
-    target = Path(folder) / SIGNATURE
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(temporary, target)
-    return target
-
-
-def generate_key(private_path: str | os.PathLike) -> tuple[Path, Path]:
-    """A new Ed25519 key pair: ``NAME.pem`` (private, mode 600) and ``NAME.pub`` (share this one)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    private = Path(private_path)
-    if private.exists():
-        raise BundleError(f"{private} exists: refusing to overwrite a key")
-    key = Ed25519PrivateKey.generate()
-    private.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    public = private.with_suffix(".pub")
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private, public
 
 
 def _public_raw(pem: bytes, source: Path) -> bytes | None:
