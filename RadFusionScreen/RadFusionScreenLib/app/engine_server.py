@@ -21,6 +21,8 @@ import traceback
 from collections import OrderedDict
 from typing import Any, TextIO
 
+from RadFusionScreenLib.app.screen_command import EXIT_INPUT_ERROR, run_screen, screen_parser
+from RadFusionScreenLib.core.errors import RadFusionError
 from RadFusionScreenLib.serving.engine_protocol import STOP
 
 LOADED_MODELS = 2
@@ -50,17 +52,16 @@ class ScreenerCache:
 
 def handle(request: dict[str, Any], cache: ScreenerCache) -> dict[str, Any]:
     """Run one ``screen`` request as the CLI would; its response."""
-    from RadFusionScreenLib.app.cli import EXIT_INPUT_ERROR, build_parser, run_screen
-    from RadFusionScreenLib.core.errors import RadFusionError
 
     started = time.perf_counter()
     stdout, stderr = io.StringIO(), io.StringIO()
     live = _Tee(stderr, sys.stderr)  # messages also stream out as progress while the case runs
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(live):
         try:
-            arguments = build_parser().parse_args([str(a) for a in request.get("arguments") or []])
-            if arguments.command != "screen":
-                raise RadFusionError(f"the engine serves the screen command only, not {arguments.command!r}")
+            command_line = [str(a) for a in request.get("arguments") or []]
+            if command_line[:1] != ["screen"]:
+                raise RadFusionError(f"the engine serves the screen command only, not {' '.join(command_line[:1])!r}")
+            arguments = screen_parser().parse_args(command_line)
             exit_code = run_screen(arguments, screener=cache.get)
         except RadFusionError as error:
             print(f"radfusion screen: error: {error}", file=sys.stderr)
