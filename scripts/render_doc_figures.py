@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "figures")
     args = parser.parse_args(argv)
     from RadFusionScreenLib.app import demo
+    from RadFusionScreenLib.app.case_report_page import GREY_WINDOWS
     from RadFusionScreenLib.inputs.images import read_image, read_mask
     from RadFusionScreenLib.slicer_glue import slice_views
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             case = next(csv.DictReader(handle))
         image = read_image(demo.LIDC / case["image"])
         mask = read_mask(demo.LIDC / case["mask"], reference=image)
-        views = slice_views.render_images(image, mask, None, height=360, grey_window=demo.GREY_WINDOWS["CT"])
+        views = slice_views.render_images(image, mask, None, height=360, grey_window=GREY_WINDOWS["CT"])
         caption = [f"LIDC-IDRI {case['case_id']}: Slicer's slice pipeline (headless), lung window W1500 L-600, "
                    "nodule outlined; patient's left on the right.", "No Grad-CAM: no CT model ships yet."]
         slice_views.write_png(args.output / "views-lidc-3d.png", slice_views.compose_views(views, caption))

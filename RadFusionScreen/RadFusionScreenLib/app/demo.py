@@ -13,7 +13,7 @@ No public image is stored in the repository.
 
 Outputs in the chosen folder: ``summary.txt``, ``result.json``, ``overlay.png`` (the slice views
 through the lesion centre: image, Grad-CAM, lesion outline) and ``report.html`` (the case report
-of :mod:`.case_report`). The views are drawn by Slicer's own slice pipeline (slicer-core) when it
+of :mod:`.case_report_page`). The views are drawn by Slicer's own slice pipeline (slicer-core) when it
 is importable (``pip install -e ".[mrml]"``, which ``setup.sh`` does), else by the engine's
 renderer with the same conventions (:func:`.figures.render_views_engine`); the report says which.
 """
@@ -28,16 +28,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from RadFusionScreenLib.app.case_report_page import case_views, report_html
 from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.core.locations import shared_data_directory
 
 SHARED = shared_data_directory()
 BUSI = SHARED / "busi"
 LIDC = SHARED / "lidc"
-#: Background window (low, high) per modality: a B-mode picture's full 8-bit range; CT in a lung
-#: window (W 1500, L -600) where nodules are read.
-GREY_WINDOWS = {"US": (0.0, 255.0), "CT": (-1350.0, 150.0)}
-VIEW_HEIGHT = 360
+
 
 
 def run_demo(output: str | os.PathLike = "demo_output", model: str | None = None) -> list[str]:
@@ -63,46 +61,6 @@ def run_demo(output: str | os.PathLike = "demo_output", model: str | None = None
     (out / "report.html").write_text(report_html(result, image, mask, views, renderer, description), encoding="utf-8")
     return summary.splitlines() + [f"views drawn by {renderer.split(':')[0]}",
                                    f"written: {out / 'summary.txt'}, {out / 'overlay.png'}, {out / 'report.html'}"]
-
-
-def report_html(result: Any, image: sitk.Image, mask: sitk.Image, views_png: bytes, renderer: str,
-                description: str = "") -> str:
-    """The case report (:mod:`.case_report`) with the module's heat-map display conventions."""
-    from RadFusionScreenLib.presentation.case_report import bundle_nomogram, case_hash, case_report_html
-    from RadFusionScreenLib.slicer_glue.mrml import HEATMAP_THRESHOLD, heatmap_window
-
-    return case_report_html(result, views_png, case_id=case_hash(image, mask), description=description,
-                            renderer=renderer, nomogram=bundle_nomogram(result), heat_threshold=HEATMAP_THRESHOLD,
-                            heat_window=heatmap_window())
-
-
-def case_views(image: sitk.Image, mask: sitk.Image, heatmap: sitk.Image | None, modality: str,
-               height: int = VIEW_HEIGHT, prefer_slicer: bool = True) -> tuple[bytes, str]:
-    """PNG of the slice views (axial, coronal, sagittal; a picture: its one view) through the
-    lesion centre, and a line saying what drew them."""
-    from RadFusionScreenLib.slicer_glue import mrml, slice_views  # Slicer-free at import: constants and picture helpers
-
-    grey_window = GREY_WINDOWS.get(modality) or _percentile_window(image)
-    views = None
-    if prefer_slicer and slice_views.slicer_available():
-        views = dict(slice_views.render_images(image, mask, heatmap, height=height, grey_window=grey_window))
-        renderer = ("Slicer's slice pipeline (slicer-core vtkMRMLSliceLogic, headless): the views the module "
-                    "shows")
-    if views is None:
-        from RadFusionScreenLib.presentation.figures import render_views_engine
-
-        views = render_views_engine(image, mask, heatmap, threshold=mrml.HEATMAP_THRESHOLD,
-                                    window=mrml.heatmap_window(), grey_window=grey_window, height=height)
-        renderer = ("the engine's renderer (slicer-core is not installed): the module's colours, threshold and "
-                    "outline, drawn with numpy")
-    buffer = slice_views.png_bytes(slice_views.compose_views(views))
-    return buffer, renderer + f"; window {grey_window[0]:g} to {grey_window[1]:g}, patient's left on the right."
-
-
-def _percentile_window(image: sitk.Image) -> tuple[float, float]:
-    values = sitk.GetArrayViewFromImage(image)
-    low, high = np.percentile(values, [1, 99])
-    return float(low), float(max(high, low + 1))
 
 
 def example_case(screener: Any, out: Path) -> tuple[Path, Path, str, float | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from RadFusionScreenLib.core.errors import RadFusionError
 
@@ -42,6 +43,8 @@ def add_screen_command(commands) -> None:
     parser.add_argument("--heatmap", help="write the Grad-CAM map in the image's geometry (e.g. OUT.nii.gz)")
     parser.add_argument("--device", default="auto", help="CNN device: auto (CUDA when present), cpu or cuda")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--report", metavar="OUT.html",
+                        help="write the case report (slice views, probability, nomogram, reasons) as one HTML file")
     parser.add_argument("-o", "--output", help="manifest mode: predictions CSV to write")
     add_segment_option(parser, per_case=True)
     parser.set_defaults(run=run_screen)
@@ -62,6 +65,8 @@ def run_screen(args: argparse.Namespace, screener=None) -> int:
         def screener(model, device):
             return Screener(model, device, processes)
     if len(args.inputs) == 1:
+        if args.report:
+            raise RadFusionError("--report writes one case's report: give IMAGE MASK, not a manifest")
         if not args.output:
             raise RadFusionError("a manifest needs -o PREDICTIONS.csv (or give IMAGE MASK to screen one case)")
         from RadFusionScreenLib.serving.screening import screen_manifest
@@ -73,14 +78,27 @@ def run_screen(args: argparse.Namespace, screener=None) -> int:
     if len(args.inputs) != 2:
         raise RadFusionError("give IMAGE MASK (one case) or MANIFEST.csv -o PREDICTIONS.csv")
     clinical = key_values(args.clinical)
-    result = screener(args.model, device).screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site, label=args.label,
-                             heatmap=True, segment=args.segment)
+    loaded = screener(args.model, device)
+    result = loaded.screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site, label=args.label,
+                           heatmap=True, segment=args.segment)
     if args.heatmap and result.heatmap is not None:
         from RadFusionScreenLib.serving.screening import write_image_atomic
 
         write_image_atomic(result.heatmap, args.heatmap)
+    if args.report:
+        _write_report(result, args, loaded.modality)
     print(json.dumps(result.to_dict(), indent=2, allow_nan=False) if args.json else result.summary_text())
     return 0
+
+
+def _write_report(result, args: argparse.Namespace, modality: str) -> None:
+    from RadFusionScreenLib.app.case_report_page import write_case_report
+    from RadFusionScreenLib.serving.screening import case_images
+
+    image, mask, _ = case_images(args.inputs[0], args.inputs[1], args.label, None, args.segment)
+    path = write_case_report(result, image, mask, modality, args.report,
+                             description=f"{Path(args.inputs[0]).name} / {Path(args.inputs[1]).name}")
+    print(f"case report written: {path}", file=sys.stderr)
 
 
 def key_values(items: list[str]) -> dict[str, str]:

@@ -198,7 +198,7 @@ class Screener(ModelDescription):
         """
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        image, mask, file_modality = _case_images(image, mask, label, geometry, segment)
+        image, mask, file_modality = case_images(image, mask, label, geometry, segment)
         timings["io"] = _lap(clock)
         self._check_modality(image, modality or file_modality)
         row = self._clinical_row(clinical, site)
@@ -348,7 +348,7 @@ def deep_score_head(model: Any, frame: pd.DataFrame, deep_names: list[str]) -> t
 
 
 # ==================================================================== helpers
-def _case_images(image: Any, mask: Any, label: int | None, geometry: Mapping[str, Any] | None,
+def case_images(image: Any, mask: Any, label: int | None, geometry: Mapping[str, Any] | None,
                  segment: str | int | None = None) -> tuple[sitk.Image, sitk.Image, str | None]:
     """Image and binary mask on one grid, from paths, SimpleITK images or numpy arrays.
 

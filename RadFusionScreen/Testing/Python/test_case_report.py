@@ -177,12 +177,13 @@ def test_nomogram_figure_marks_the_case_at_its_points(screened):
 
 
 def test_case_report_shows_one_answer_and_embeds_everything(screened, tmp_path):
-    from RadFusionScreenLib.app import demo
+    from RadFusionScreenLib.app import case_report_page
     from PIL import Image
 
     result = screened.result
-    views, renderer = demo.case_views(screened.image, screened.mask, result.heatmap, "US", prefer_slicer=False)
-    page = demo.report_html(result, screened.image, screened.mask, views, renderer, "BUSI malignant_1")
+    views, renderer = case_report_page.case_views(screened.image, screened.mask, result.heatmap, "US",
+                                                  prefer_slicer=False)
+    page = case_report_page.report_html(result, screened.image, screened.mask, views, renderer, "BUSI malignant_1")
     answer = re.findall(r'class="answer[^"]*">([^<]*)<', page)
     assert answer == [f"probability {result.probability:.3f} · HIGH risk"]
     assert page.count(f"{result.nomogram_probability:.3f}") >= 1 and "the nomogram's own estimate" in page
@@ -195,6 +196,28 @@ def test_case_report_shows_one_answer_and_embeds_everything(screened, tmp_path):
     assert ids == ["views", "bar", "waterfall", "nomogram"] and len(images) == 4
     for encoded in images:
         Image.open(io.BytesIO(base64.b64decode(encoded))).load()
+
+
+def test_screen_command_writes_the_same_case_report(screened, tmp_path, capsys):
+    """``radfusion screen IMAGE MASK --report OUT.html``: the case report of that screen, with the
+    same answer as the printed result; a manifest run refuses the option."""
+    from RadFusionScreenLib.app.cli import main
+
+    image, mask = BUSI / "images" / f"{CASE}.png", BUSI / "masks" / f"{CASE}.png"
+    out = tmp_path / "reports" / "case.html"
+    assert main(["screen", str(image), str(mask), "--model", str(SHIPPED), "--json", "--report", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    page = out.read_text(encoding="utf-8")
+    assert re.findall(r'class="answer[^"]*">([^<]*)<', page) == [
+        f"probability {printed['probability']:.3f} · {printed['risk_class'].upper()} risk"]
+    from RadFusionScreenLib.presentation.case_report import case_hash
+
+    assert f"case {case_hash(screened.image, screened.mask)}" in page and f"{CASE}.png" in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4 and list(out.parent.iterdir()) == [out]
+    manifest = tmp_path / "cases.csv"
+    manifest.write_text(f"case_id,image,mask\n{CASE},{image},{mask}\n")
+    assert main(["screen", str(manifest), "-o", str(tmp_path / "p.csv"), "--report", str(tmp_path / "x.html")]) == 2
+    assert "--report writes one case's report" in capsys.readouterr().err and not (tmp_path / "x.html").exists()
 
 
 def test_slicer_export_report_draws_the_scene_nodes_through_the_slice_pipeline(screened, tmp_path):

@@ -372,9 +372,9 @@ def _shape_only_params(folder: Path) -> Path:
 
 
 def test_screening_mask_path_takes_a_segment(sts002) -> None:
-    from RadFusionScreenLib.serving.screening import _case_images
+    from RadFusionScreenLib.serving.screening import case_images
 
-    image, mask, modality = _case_images(str(sts002["image"]), str(sts002["two_rois"]), None, None, "GTV_Mass")
+    image, mask, modality = case_images(str(sts002["image"]), str(sts002["two_rois"]), None, None, "GTV_Mass")
     assert modality == "CT" and voxels(mask).sum() == 17090 and mask.GetSize() == image.GetSize()
     with pytest.raises(InputError, match="not a DICOM SEG/RTSTRUCT file"):
-        _case_images(image, mask, None, None, "GTV_Mass")
+        case_images(image, mask, None, None, "GTV_Mass")
