@@ -20,7 +20,7 @@ from RadFusionScreenLib.core.errors import InputError
 
 MODALITIES = ("CT", "MR", "US")
 NAME_STYLES = ("pyradiomics", "ibsi")
-# Version of the thin-volume treatments of radiomic.py (part of the cache key: cached rows made
+# Version of the thin-volume treatments of radiomic.thin_volumes (part of the cache key: cached rows made
 # before them are recomputed).
 THIN_VOLUME_RULES = 1
 
@@ -143,7 +143,7 @@ class CaseFeatureExtractor:
             deep = dict(zip(deep_extractor.feature_names(), (float(v) for v in values)))
         metadata = case_metadata(image, mask, modality, source or {})
         metadata["params_sha256"] = radiomic_extractor.params_hash
-        metadata["radiomics_notes"] = "; ".join(radiomic_notes)  # thin-volume treatments (radiomic.py doc)
+        metadata["radiomics_notes"] = "; ".join(radiomic_notes)  # thin-volume treatments (radiomic.extractor doc)
         metadata["cnn_backbone"] = deep_extractor.name if deep_extractor is not None else ""
         metadata["engine_version"] = __version__
         return CaseFeatures(metadata=metadata, radiomic=radiomic, deep=deep)

@@ -13,6 +13,9 @@ stock classes on real LIDC crops, the STS_001 CT and random images):
 * per image, the six texture classes share the discretised ROI (pyradiomics bins and
   ``numpy.unique``-s the same voxels once per class) and the class' feature-name table
   (``inspect.getmembers`` per instance);
+* the bin edges of that discretisation come from :func:`fast_bin_edges`: pyradiomics' own
+  ``getBinEdges`` fed only the ROI's minimum and maximum when binning by width (the
+  ``radiomics.imageoperations`` module itself is left as it is);
 * first order: the percentiles, moment and standard deviation that several features repeat
   are computed once;
 * GLCM: the sum / difference marginals gather their cells by precomputed indices instead of
@@ -25,13 +28,14 @@ stock classes on real LIDC crops, the STS_001 CT and random images):
   the GIL released (:mod:`.radiomic_nogil`).
 
 :func:`execute_in_threads` runs one extractor per filtered image (see
-``radiomic.split_params``) in threads of this process: SimpleITK filters, PyWavelets, numpy
-and those C calls release the GIL, so a large ROI's images are computed side by side.
+``radiomic.params.split_params``) in threads of this process: SimpleITK filters, PyWavelets,
+numpy and those C calls release the GIL, so a large ROI's images are computed side by side.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +68,7 @@ class ImageInputs:
     def binned(self) -> tuple[numpy.ndarray, numpy.ndarray, int]:
         """pyradiomics' ``_applyBinning``: (discretised image, gray levels in the ROI, their maximum)."""
         if self._binned is None:
-            matrix, _ = imageoperations.binImage(sitk.GetArrayFromImage(self._image), self.mask_array, **self.settings)
+            matrix, _ = bin_image(sitk.GetArrayFromImage(self._image), self.mask_array, **self.settings)
             gray_levels = numpy.unique(matrix[self.mask_array])
             self._binned = (_read_only(matrix), gray_levels, int(numpy.max(gray_levels)))
         return self._binned
@@ -73,6 +77,45 @@ class ImageInputs:
 def _read_only(array: numpy.ndarray) -> numpy.ndarray:
     array.flags.writeable = False
     return array
+
+
+def _fast_bin_edges(get_bin_edges: Callable[..., Any]) -> Callable[..., Any]:
+    """pyradiomics' ``getBinEdges``, fed only the ROI's minimum and maximum when binning by width.
+
+    With ``binWidth`` the edges depend on nothing else, but pyradiomics takes them with Python's
+    built-in ``min``/``max``, one array element at a time: ~15 ms per call on a 400k-voxel ROI,
+    called once per feature class and filtered image (72 calls, 2.2 s of the CT params' 14 s on
+    STS_001). The original runs on a 2-value array of the same dtype, so the edges are its own
+    (tested against it). Bin counts, tiny or NaN inputs go to it unchanged.
+    """
+
+    @functools.wraps(get_bin_edges)
+    def bin_edges(parameterValues: Any, **kwargs: Any) -> Any:  # noqa: N803 (pyradiomics' name)
+        values = numpy.asarray(parameterValues)
+        if kwargs.get("binCount") is None and values.ndim == 1 and values.size > 2:
+            low, high = values.min(), values.max()
+            if values.dtype.kind in "iu" or not (numpy.isnan(low) or numpy.isnan(high)):
+                values = numpy.array([low, high], dtype=values.dtype)
+        return get_bin_edges(values, **kwargs)
+
+    return bin_edges
+
+
+#: The bin edges our classes discretise with: pyradiomics' own ``getBinEdges`` (kept as
+#: ``fast_bin_edges.__wrapped__``; ``radiomics.imageoperations.getBinEdges`` is not replaced,
+#: so other pyradiomics users in the process, such as other Slicer extensions, are unaffected).
+fast_bin_edges = _fast_bin_edges(imageoperations.getBinEdges)
+
+
+def bin_image(matrix: numpy.ndarray, mask: numpy.ndarray, **settings: Any) -> tuple[numpy.ndarray, Any]:
+    """pyradiomics' ``imageoperations.binImage(matrix, mask, **settings)`` with :func:`fast_bin_edges`:
+    the ROI voxels get their bin (``numpy.digitize`` on pyradiomics' edges, as binImage does), the
+    others 0, in an int array; returns (discretised matrix, bin edges)."""
+    roi = matrix[mask]
+    edges = fast_bin_edges(roi, **settings)
+    discretised = numpy.zeros(matrix.shape, dtype="int")
+    discretised[mask] = numpy.digitize(roi, edges)
+    return discretised, edges
 
 
 class _PyradiomicsClass:
@@ -327,7 +370,7 @@ class ScopedFeatureExtractor(featureextractor.RadiomicsFeatureExtractor):
 
 def execute_in_threads(extractors: Sequence[featureextractor.RadiomicsFeatureExtractor], image: sitk.Image,
                        mask: sitk.Image, threads: int) -> dict[str, Any]:
-    """Run ``extractors`` (one per filtered image, see ``radiomic.split_params``) on one image
+    """Run ``extractors`` (one per filtered image, see ``radiomic.params.split_params``) on one image
     in ``threads`` threads and merge their features in the extractors' order.
 
     Each part's features depend only on its own image, so the merged result is one sequential

@@ -188,8 +188,8 @@ def test_bundle_from_a_newer_engine_warns(monkeypatch):
 
 def test_other_cnn_weights_or_radiomics_defaults_are_refused(monkeypatch):
     """What would change the features themselves is refused, not warned (checked where loaded)."""
-    from RadFusionScreenLib.features import deep
-    from RadFusionScreenLib.features import radiomic
+    from RadFusionScreenLib.features.deep import backbones as deep
+    from RadFusionScreenLib.features.radiomic import extractor as radiomic
     from RadFusionScreenLib.core.errors import InputError
 
     with monkeypatch.context() as patch:

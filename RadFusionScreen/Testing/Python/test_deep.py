@@ -9,6 +9,7 @@ import torch
 
 from conftest import shared_path
 from RadFusionScreenLib.features import deep
+from RadFusionScreenLib.features.deep import backbones, preprocessing
 from RadFusionScreenLib.features.deep import (
     EFFICIENTNET_LITE0_SHA256,
     RoiPreprocessing,
@@ -299,7 +300,7 @@ def test_reoriented_volume_is_not_read_from_freed_memory():
     mask.CopyInformation(image)
     expected = sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
     for _ in range(5):
-        got = deep._volume_arrays(image, mask)[0]
+        got = preprocessing._volume_arrays(image, mask)[0]
         gc.collect()
         reuse = [sitk.GetImageFromArray(np.full(pixels.shape, 7, np.int16)) for _ in range(4)]  # noqa: F841
         np.testing.assert_array_equal(got, expected)
@@ -453,4 +454,4 @@ def test_registry_and_settings_round_trip(ct):
     try:
         assert get_deep_extractor("Test-Dummy", depth=3) == ("dummy", {"depth": 3})
     finally:
-        deep._BACKBONES.pop("test-dummy")
+        backbones._BACKBONES.pop("test-dummy")

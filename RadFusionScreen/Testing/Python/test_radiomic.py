@@ -81,7 +81,7 @@ def test_filters_cropped_equals_plain(centre):
 
 
 def test_crop_really_crops():
-    from RadFusionScreenLib.features.radiomic import _label_bbox
+    from RadFusionScreenLib.features.radiomic.input_checks import _label_bbox
 
     image, mask = ct_like()
     prepared, _, _ = RadiomicExtractor(FILTERED)._preprocess(image, mask, _label_bbox(mask, 1))
@@ -311,10 +311,10 @@ def test_parallel_parts_equal_one_sequential_run():
 def _original_bin_edges():
     from radiomics import imageoperations
 
-    RadiomicExtractor(FILTERED)  # installs the wrapper (once per process)
-    wrapped = imageoperations.getBinEdges
-    assert not hasattr(wrapped.__wrapped__, "__wrapped__"), "wrapped twice"
-    return wrapped, wrapped.__wrapped__
+    from RadFusionScreenLib.features.radiomic_fast import fast_bin_edges
+
+    assert fast_bin_edges.__wrapped__ is imageoperations.getBinEdges, "pyradiomics' own function, not replaced"
+    return fast_bin_edges, fast_bin_edges.__wrapped__
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.uint16, np.int32, np.float32, np.float64])
@@ -358,9 +358,43 @@ def test_plain_pyradiomics_unchanged_by_the_fast_bin_edges(monkeypatch):
     fast, original = _original_bin_edges()
     image, mask = ct_like()
     extractor = RadiomicsFeatureExtractor(str(default_params_path("CT")))
+    monkeypatch.setattr(imageoperations, "getBinEdges", fast)
     with_fast = extractor.execute(image, mask)
     monkeypatch.setattr(imageoperations, "getBinEdges", original)
     with_original = extractor.execute(image, mask)
     features = [name for name in with_original if not name.startswith("diagnostics_")]
     assert len(features) > 1000
     assert all(np.array_equal(with_fast[n], with_original[n], equal_nan=True) for n in features)
+
+
+def test_our_extraction_leaves_pyradiomics_as_it_was(original_only):
+    """Nothing process-wide is changed for other pyradiomics users (e.g. other Slicer extensions):
+    after our extractions pyradiomics' getBinEdges is its own function and the 'radiomics' and
+    'pykwalify' loggers have the levels they had (inside our calls they are raised)."""
+    import logging
+
+    import radiomics
+    from radiomics import imageoperations
+
+    from RadFusionScreenLib.features.radiomic import quiet_pyradiomics
+
+    original = imageoperations.getBinEdges
+    loggers = [logging.getLogger("radiomics"), logging.getLogger("pykwalify")]
+    before = [logger.level for logger in loggers]
+    handler_level = radiomics.handler.level
+    image, mask = ct_like()
+    original_only.execute(image, mask)
+    original_only.execute(image, mask, crop=False)  # plain pyradiomics, the reference
+    RadiomicExtractor(FILTERED, threads=2).execute(image, mask)  # filtered images in threads
+    RadiomicExtractor({"setting": {"binCount": 16}})
+    with pytest.raises(InputError):
+        RadiomicExtractor({"setting": {"binWidth": "wide"}})
+    assert imageoperations.getBinEdges is original
+    assert not hasattr(imageoperations.getBinEdges, "__wrapped__")
+    assert [logger.level for logger in loggers] == before
+    assert radiomics.handler.level == handler_level
+    with quiet_pyradiomics():
+        with quiet_pyradiomics():  # nested (or overlapping in threads): the outermost restores
+            assert loggers[0].getEffectiveLevel() >= logging.ERROR
+        assert loggers[0].getEffectiveLevel() >= logging.ERROR
+    assert [logger.level for logger in loggers] == before

@@ -1,6 +1,6 @@
 """Thin volumes give the same features on every run, in every mode; one case never ends a batch.
 
-The cause (radiomic.py's module doc): ITK's B-spline interpolator mirrors an out-of-range
+The cause (radiomic/extractor.py's module doc): ITK's B-spline interpolator mirrors an out-of-range
 support index once, which for a cubic spline needs 3 voxels on an axis; on a 2-slice CT crop
 it read memory outside the image, so LoG / wavelet / texture features changed from run to
 run and pyradiomics sometimes failed ("Calculation of GLCM Failed"). The engine extends such
@@ -29,7 +29,8 @@ from conftest import REPO_ROOT, SHARED_DATA, shared_path
 from RadFusionScreenLib.app.cli import main
 from RadFusionScreenLib.features.cohort import CaseTask, collect_outcomes, extract_cohort
 from RadFusionScreenLib.features.case_features import CaseFeatureExtractor, ExtractionConfig
-from RadFusionScreenLib.features.radiomic import RadiomicExtractor, _label_bbox
+from RadFusionScreenLib.features.radiomic import RadiomicExtractor
+from RadFusionScreenLib.features.radiomic.input_checks import _label_bbox
 
 CT_RADIOMICS = ExtractionConfig(deep=None, modality="CT")
 RESAMPLING_ONLY = {
@@ -90,7 +91,7 @@ def test_resampled_thin_volume_equals_the_mirror_spline_of_scipy(slices, z_spaci
 def test_the_mirror_extension_changes_nothing_where_itk_is_right():
     """On 3 slices ITK's own interpolation and the extended image's are bit-identical: the
     extension defines the value ITK intends, it does not change the method."""
-    from RadFusionScreenLib.features.radiomic import _IIR_INTERPOLATOR_MARGIN
+    from RadFusionScreenLib.features.radiomic.roi_crop import _IIR_INTERPOLATOR_MARGIN
 
     image, mask = thin_case(3, dtype=np.float32)
     padded = sitk.GetImageFromArray(np.pad(sitk.GetArrayFromImage(image), ((_IIR_INTERPOLATOR_MARGIN,) * 2, (0, 0), (0, 0)),
