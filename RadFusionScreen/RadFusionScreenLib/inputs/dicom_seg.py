@@ -1,7 +1,7 @@
 """Masks from DICOM segmentation objects: SEG (voxel frames) and RTSTRUCT (planar contours).
 
 Both are placed on the voxel grid of the image they segment (the ``reference``, as read by
-:func:`.io.read_image`: LPS, slices sorted along the normal), so the result is a uint8 0/1
+:func:`.images.read_image`: LPS, slices sorted along the normal), so the result is a uint8 0/1
 image with exactly the reference's geometry and nothing is ever resampled:
 
 - **SEG** frames carry their own ImagePositionPatient; each is mapped to a slice of the
@@ -38,6 +38,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from RadFusionScreenLib.core.errors import InputError, MaskError, RadFusionError
+from RadFusionScreenLib.inputs.dicom_files import is_dicom_file
 
 MASK_MODALITIES = ("SEG", "RTSTRUCT")
 SLICE_TOLERANCE = 0.25  # of the slice step: how far a frame or contour plane may lie from a slice
@@ -47,7 +48,6 @@ ORIENTATION_TOLERANCE = 1e-3  # on direction cosines (DS values keep about 7 sig
 FRACTIONAL_THRESHOLD = 0.5  # of MaximumFractionalValue
 _INDEX_DECIMALS = 6  # continuous indices are rounded so that float noise cannot move a boundary pixel
 _MAX_LISTED = 40
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 
 
 # --------------------------------------------------------------------------- finding
@@ -56,7 +56,7 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
 def dicom_mask_modality(path: str | Path) -> str | None:
     """'SEG' or 'RTSTRUCT' when ``path`` is such a DICOM file, else None (cheap: reads one tag)."""
     path = Path(path)
-    if not path.is_file() or not _looks_like_dicom(path):
+    if not path.is_file() or not is_dicom_file(path):
         return None
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"], force=True)
@@ -83,16 +83,6 @@ def find_dicom_mask(path: str | Path) -> Path | None:
         names = ", ".join(f"{p.relative_to(path)} ({dicom_mask_modality(p)})" for p in found[:_MAX_LISTED])
         raise MaskError(f"{path} holds {len(found)} DICOM SEG/RTSTRUCT objects ({names}); pass one file as the mask")
     return found[0] if found else None
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    if path.suffix.lower() in _DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------- public API

@@ -1,4 +1,4 @@
-"""Image and mask input, voxel-grid checks and ROI cropping.
+"""Image and mask input and voxel-grid checks.
 
 Every reader returns a 3D scalar SimpleITK image in LPS physical coordinates (SimpleITK
 converts NIfTI's RAS on reading). A 2D picture (PNG, JPEG, BMP, TIFF) becomes a one-slice
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from RadFusionScreenLib.inputs.dicom_series import is_dicom_file, read_dicom_file, read_dicom_series, rgb_to_luminance
+from RadFusionScreenLib.inputs.dicom_files import is_dicom_file
+from RadFusionScreenLib.inputs.dicom_series import read_dicom_file, read_dicom_series, rgb_to_luminance
 from RadFusionScreenLib.inputs.dicom_seg import dicom_mask_modality, find_dicom_mask, read_dicom_mask
 from RadFusionScreenLib.core.errors import DicomSeriesError, GeometryMismatchError, InputError, MaskError
 
@@ -359,54 +360,3 @@ def describe_geometry(image: sitk.Image) -> str:
         f"{image.GetDimension()}D size={tuple(image.GetSize())} spacing={numbers(image.GetSpacing())} "
         f"origin={numbers(image.GetOrigin())} direction={numbers(image.GetDirection())}"
     )
-
-
-def load_case(
-    image_path: str | Path,
-    mask_path: str | Path,
-    label: int | None = None,
-    series_uid: str | None = None,
-    segment: str | int | None = None,
-) -> tuple[sitk.Image, sitk.Image, dict[str, Any]]:
-    """Image, its geometry-checked binary mask, and the image's metadata (plus ``mask_path``, ``label``, ``segment``)."""
-    image, metadata = read_image_with_metadata(image_path, series_uid=series_uid)
-    mask = read_mask(mask_path, reference=image, label=label, segment=segment)
-    metadata.update(mask_path=str(mask_path), label=label, segment=segment)
-    return image, mask, metadata
-
-
-# ------------------------------------------------------------------------------- crop
-
-
-def mask_bounding_box(mask: sitk.Image) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Lower index and size (SimpleITK x, y, z order) of the box around the mask's non-zero voxels."""
-    inside = sitk.GetArrayViewFromImage(mask) != 0
-    if not inside.any():
-        raise MaskError("mask is empty (no non-zero voxel): there is no region to crop")
-    lower, size = [], []
-    for axis in reversed(range(inside.ndim)):  # numpy axes are z, y, x
-        other_axes = tuple(a for a in range(inside.ndim) if a != axis)
-        occupied = np.flatnonzero(inside.any(axis=other_axes))
-        lower.append(int(occupied[0]))
-        size.append(int(occupied[-1] - occupied[0] + 1))
-    return tuple(lower), tuple(size)
-
-
-def crop_to_bounding_box(
-    image: sitk.Image,
-    lower: tuple[int, ...],
-    size: tuple[int, ...],
-    margin_voxels: tuple[int, ...] = (0, 0, 0),
-) -> sitk.Image:
-    """The box grown by ``margin_voxels`` per axis and clipped to the image; physical positions are kept."""
-    extent = image.GetSize()
-    if not len(lower) == len(size) == len(extent) or len(margin_voxels) < len(extent):
-        raise InputError(
-            f"crop box lower={tuple(lower)} size={tuple(size)} margin={tuple(margin_voxels)} "
-            f"does not match a {len(extent)}D image"
-        )
-    start = [max(0, int(lo) - int(m)) for lo, m in zip(lower, margin_voxels)]
-    stop = [min(n, int(lo) + int(s) + int(m)) for lo, s, m, n in zip(lower, size, margin_voxels, extent)]
-    if any(b <= a for a, b in zip(start, stop)):
-        raise InputError(f"crop box lower={tuple(lower)} size={tuple(size)} lies outside the image of size {extent}")
-    return sitk.RegionOfInterest(image, [b - a for a, b in zip(start, stop)], start)

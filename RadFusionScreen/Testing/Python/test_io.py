@@ -1,4 +1,4 @@
-"""Image and mask reading, label semantics, voxel-grid checks and ROI cropping."""
+"""Image and mask reading, label semantics and voxel-grid checks."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from PIL import Image as PilImage
 from RadFusionScreenLib.core.errors import GeometryMismatchError, InputError, MaskError
 from RadFusionScreenLib.inputs.images import (
     check_geometry,
-    crop_to_bounding_box,
-    load_case,
-    mask_bounding_box,
     read_image,
     read_image_with_metadata,
     read_mask,
@@ -265,45 +262,3 @@ def test_float32_header_rounding_is_tolerated() -> None:
     as_float32 = [tuple(float(np.float32(v)) for v in values) for values in (image.GetSpacing(), image.GetOrigin())]
     mask = volume(np.ones((6, 7, 8), dtype=np.uint8), spacing=as_float32[0], origin=as_float32[1])
     check_geometry(image, mask)
-
-
-@pytest.mark.parametrize("case", ["STS_001", "STS_003"])
-def test_dicom_series_with_nifti_mask_loads_as_a_case(case: str) -> None:
-    base = shared_path("dicom", "sts_rtstruct", case, "CT")
-    image, mask, metadata = load_case(base / "dicom" / "image", base / "nifti" / "mask" / "mask.nii.gz")
-    assert mask.GetSize() == image.GetSize() and metadata["modality"] == "CT"
-    assert sitk.GetArrayViewFromImage(mask).max() == 1 and sitk.GetArrayViewFromImage(mask).sum() > 1000
-
-
-def test_busi_png_case_loads() -> None:
-    base = shared_path("busi")
-    image, mask, metadata = load_case(base / "images" / "benign_1.png", base / "masks" / "benign_1.png")
-    assert image.GetSize() == mask.GetSize() and image.GetSize()[2] == 1
-    assert metadata["is_2d"] is True and metadata["source_format"] == "png"
-    assert set(np.unique(sitk.GetArrayViewFromImage(mask))) == {0, 1}
-
-
-# ------------------------------------------------------------------------------ crop
-
-
-def test_bounding_box_and_crop_keep_physical_positions() -> None:
-    mask_values = np.zeros((6, 7, 8), dtype=np.uint8)
-    mask_values[2:4, 1:5, 3] = 1
-    mask_values[3, 2, 6] = 1
-    image = volume(ramp(), direction=OBLIQUE)
-    mask = volume(mask_values, direction=OBLIQUE)
-    lower, size = mask_bounding_box(mask)
-    assert (lower, size) == ((3, 1, 2), (4, 4, 2))  # x, y, z
-
-    cropped = crop_to_bounding_box(image, lower, size, margin_voxels=(2, 0, 3))
-    assert cropped.GetSize() == (7, 4, 6)  # x margin clipped at the far side, z margin at both
-    np.testing.assert_allclose(cropped.GetOrigin(), image.TransformIndexToPhysicalPoint((1, 1, 0)))
-    assert cropped.GetDirection() == image.GetDirection() and cropped.GetSpacing() == image.GetSpacing()
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(cropped), ramp()[0:6, 1:5, 1:8])
-    unclipped = crop_to_bounding_box(image, lower, size, margin_voxels=(1, 1, 1))
-    assert unclipped.GetSize() == (6, 6, 4)
-
-
-def test_bounding_box_of_empty_mask_is_refused() -> None:
-    with pytest.raises(MaskError, match="empty"):
-        mask_bounding_box(volume(np.zeros((3, 3, 3), dtype=np.uint8)))
