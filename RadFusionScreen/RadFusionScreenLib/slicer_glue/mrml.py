@@ -84,30 +84,6 @@ def _copy_geometry(volume_node: Any, image: sitk.Image) -> None:
     image.SetDirection(tuple(float(v) for v in (_RAS_TO_LPS @ ras_directions).ravel()))
 
 
-def write_table_node(row: dict[str, Any], table_node: Any | None, name: str) -> Any:
-    """Write one result row as a two-column (name, value) table; reuse ``table_node`` when given.
-
-    A long table reads better than 1,300 columns in Slicer's table view. Re-running fills the
-    same node again instead of adding a new one.
-    """
-    import slicer
-    import vtk
-
-    if table_node is None:
-        table_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = vtk.vtkTable()
-    names, values = vtk.vtkStringArray(), vtk.vtkStringArray()
-    names.SetName("feature")
-    values.SetName("value")
-    for key, value in row.items():
-        names.InsertNextValue(str(key))
-        values.InsertNextValue(_format_value(value))
-    table.AddColumn(names)
-    table.AddColumn(values)
-    table_node.SetAndObserveTable(table)
-    return table_node
-
-
 def _format_value(value: Any) -> str:
     if isinstance(value, (float, np.floating)):
         return repr(float(value))  # full precision: the table must reproduce the engine's numbers

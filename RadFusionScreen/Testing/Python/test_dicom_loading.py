@@ -1,4 +1,4 @@
-"""'Load DICOM folder' (slicer_glue/dicom_loading.py): SEG / RTSTRUCT loaded by the engine's reader
+"""'Load DICOM folder' (slicer_glue/dicom_loading/): SEG / RTSTRUCT loaded by the engine's reader
 when Slicer has no plugin for them, and the report of what failed to load.
 
 Engine part: real slicer-core scenes. The image series' volume node is made as Slicer's

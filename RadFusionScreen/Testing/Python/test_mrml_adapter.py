@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from mrml_scene import headless_scene, slicer  # skips the module without slicer-core
 from RadFusionScreenLib.core.errors import MaskError
-from RadFusionScreenLib.slicer_glue.mrml import segment_to_sitk_mask, volume_node_to_sitk, write_table_node
+from RadFusionScreenLib.slicer_glue.mrml import segment_to_sitk_mask, volume_node_to_sitk
 
 
 def _oblique_image() -> sitk.Image:
@@ -78,14 +78,3 @@ def test_segment_export_matches_labelmap_and_leaves_scene_unchanged():
             segment_to_sitk_mask(segmentation, "no-such-segment", volume)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), labels)
     np.testing.assert_allclose(mask.GetDirection(), image.GetDirection(), atol=1e-9)
-
-
-def test_table_node_is_reused_not_duplicated():
-    with headless_scene() as scene:
-        table = write_table_node({"original_firstorder_Mean": 1.0 / 3.0, "modality": "CT"}, None, "features")
-        count = scene.GetNumberOfNodesByClass("vtkMRMLTableNode")
-        again = write_table_node({"original_firstorder_Mean": 2.0}, table, "features")
-        assert again is table
-        assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == count
-        assert table.GetNumberOfRows() == 1
-        assert float(table.GetCellText(0, 1)) == 2.0
