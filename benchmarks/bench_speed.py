@@ -26,7 +26,6 @@ of a worker). GPU: measured only where CUDA is present (``--device cuda``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -119,7 +118,7 @@ def warm_screen(image: Path, mask: Path, model: str, repeats: int, device: str |
         result = screener.screen(str(image), str(mask))
         for stage in STAGES:
             stages[stage].append(result.timings[stage])
-        with warnings.catch_warnings(), pyradiomics_as_shipped():
+        with warnings.catch_warnings():
             # plain pyradiomics on a uint8 picture overflows its bin edges (numpy 2 wraps 255 +
             # binWidth); timed as users run it, its warnings are not this benchmark's output
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -132,20 +131,6 @@ def warm_screen(image: Path, mask: Path, model: str, repeats: int, device: str |
     out["roi_voxels"] = int(roi_count(roi))
     out["size"] = list(volume.GetSize())
     return out
-
-
-@contextlib.contextmanager
-def pyradiomics_as_shipped():
-    """The reference is pyradiomics as installed: without the bin-edge shortcut that
-    RadFusionScreenLib puts in front of its getBinEdges (same edges, no Python loop)."""
-    from radiomics import imageoperations
-
-    fast = imageoperations.getBinEdges
-    imageoperations.getBinEdges = getattr(fast, "__wrapped__", fast)
-    try:
-        yield
-    finally:
-        imageoperations.getBinEdges = fast
 
 
 def roi_count(mask) -> int:

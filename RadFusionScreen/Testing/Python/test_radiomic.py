@@ -311,7 +311,7 @@ def test_parallel_parts_equal_one_sequential_run():
 def _original_bin_edges():
     from radiomics import imageoperations
 
-    from RadFusionScreenLib.features.radiomic_fast import fast_bin_edges
+    from RadFusionScreenLib.features.radiomic.scoped_classes import fast_bin_edges
 
     assert fast_bin_edges.__wrapped__ is imageoperations.getBinEdges, "pyradiomics' own function, not replaced"
     return fast_bin_edges, fast_bin_edges.__wrapped__

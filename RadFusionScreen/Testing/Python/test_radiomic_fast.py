@@ -15,11 +15,11 @@ from radiomics import getFeatureClasses
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from conftest import shared_path
-from RadFusionScreenLib.features import radiomic_fast
-from RadFusionScreenLib.features import radiomic_nogil
+from RadFusionScreenLib.features.radiomic import scoped_classes as radiomic_fast
+from RadFusionScreenLib.features.radiomic import native_calls as radiomic_nogil
 from RadFusionScreenLib.inputs.images import read_image, read_mask
 from RadFusionScreenLib.features.radiomic import RadiomicExtractor, default_params_path
-from RadFusionScreenLib.features.radiomic_fast import ScopedFeatureExtractor
+from RadFusionScreenLib.features.radiomic.scoped_classes import ScopedFeatureExtractor
 from test_radiomic import ct_like
 
 ALL_CLASSES = {"shape": None, "firstorder": None, "glcm": None, "glrlm": None, "glszm": None, "gldm": None,

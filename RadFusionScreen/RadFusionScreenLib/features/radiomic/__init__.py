@@ -8,7 +8,8 @@ the margin each filter needs around the ROI; :mod:`.thin_volumes` the two thin-v
 treatments (B-spline mirror extension, LoG images too large for the grid); :mod:`.input_checks`
 the input checks and pyradiomics' errors in the engine's types; :mod:`.parallel` the worker
 processes and threads; :mod:`.quiet_logs` pyradiomics' logging silenced during our calls only.
-pyradiomics' feature classes at a lower fixed cost are :mod:`RadFusionScreenLib.features.radiomic_fast`.
+:mod:`.scoped_classes` holds pyradiomics' feature classes at a lower fixed cost (same values, bit
+for bit) and :mod:`.native_calls` its C functions called without the GIL.
 """
 
 from RadFusionScreenLib.features.radiomic.extractor import RadiomicExtractor

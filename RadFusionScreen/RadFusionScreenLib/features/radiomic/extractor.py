@@ -82,7 +82,7 @@ class RadiomicExtractor:
         from radiomics import __version__ as radiomics_version
         from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-        from RadFusionScreenLib.features.radiomic_fast import ScopedFeatureExtractor
+        from RadFusionScreenLib.features.radiomic.scoped_classes import ScopedFeatureExtractor
 
         self.source = str(params) if isinstance(params, (str, Path)) else "<dict>"
         raw = _load_params(params)
@@ -106,7 +106,7 @@ class RadiomicExtractor:
         inner = copy.deepcopy(raw)
         # preCrop is reproduced by our own crop (see crop_margin), and must not re-crop a resampled image.
         inner["setting"].update(normalize=False, resampledPixelSpacing=None, preCrop=False)
-        # Our own calls use pyradiomics' classes with lower fixed costs (same values, see radiomic_fast).
+        # Our own calls use pyradiomics' classes with lower fixed costs (same values, see scoped_classes).
         with quiet_pyradiomics():
             self._inner = ScopedFeatureExtractor(inner)
         self._inner_params = inner
@@ -193,7 +193,7 @@ class RadiomicExtractor:
     def _execute_in_threads(self, image: sitk.Image, mask: sitk.Image) -> dict[str, Any]:
         """The inner extraction split by filtered image as in :meth:`_execute_in_parts`, in
         threads of this process (no process a user or Slicer sees); same values, tested."""
-        from RadFusionScreenLib.features.radiomic_fast import ScopedFeatureExtractor, execute_in_threads
+        from RadFusionScreenLib.features.radiomic.scoped_classes import ScopedFeatureExtractor, execute_in_threads
 
         if self._thread_parts is None:
             self._thread_parts = [ScopedFeatureExtractor(part) for part in split_params(self._inner_params)]

@@ -1,6 +1,6 @@
 """One case's filtered images computed side by side: in worker processes (``processes`` > 1,
 one part of :func:`.params.split_params` per task) or in threads of this process (a large 3D
-grid, :func:`RadFusionScreenLib.features.radiomic_fast.execute_in_threads`)."""
+grid, :func:`RadFusionScreenLib.features.radiomic.scoped_classes.execute_in_threads`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _execute_part(params_json: str, image: sitk.Image, mask: sitk.Image) -> dict
     """Worker side: one part's extractor (built once per process), then its features."""
     with quiet_pyradiomics():
         if params_json not in _PART_EXTRACTORS:
-            from RadFusionScreenLib.features.radiomic_fast import ScopedFeatureExtractor
+            from RadFusionScreenLib.features.radiomic.scoped_classes import ScopedFeatureExtractor
 
             _PART_EXTRACTORS[params_json] = ScopedFeatureExtractor(json.loads(params_json))
         return dict(_PART_EXTRACTORS[params_json].execute(image, mask))

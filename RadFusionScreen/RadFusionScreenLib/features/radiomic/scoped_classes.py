@@ -25,7 +25,7 @@ stock classes on real LIDC crops, the STS_001 CT and random images):
   +0.0 to a sum of non-negative terms leaves it unchanged) instead of Ng dense Ng x Ng x angles
   passes. Voxel-based extraction and GLCMs holding NaN take pyradiomics' own code;
 * the texture matrices and the 3D shape mesh come from pyradiomics' own C code, called with
-  the GIL released (:mod:`.radiomic_nogil`).
+  the GIL released (:mod:`.native_calls`).
 
 :func:`execute_in_threads` runs one extractor per filtered image (see
 ``radiomic.params.split_params``) in threads of this process: SimpleITK filters, PyWavelets,
@@ -46,7 +46,7 @@ import SimpleITK as sitk
 from radiomics import (featureextractor, firstorder, getFeatureClasses, glcm, gldm, glrlm, glszm, imageoperations,
                        ngtdm, shape)
 
-from RadFusionScreenLib.features.radiomic_nogil import CMATRICES, CSHAPE, reading
+from RadFusionScreenLib.features.radiomic.native_calls import CMATRICES, CSHAPE, reading
 
 _FEATURE_NAMES: dict[type, dict[str, bool]] = {}
 
