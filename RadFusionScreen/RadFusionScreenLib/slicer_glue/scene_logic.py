@@ -15,6 +15,7 @@ from pathlib import Path
 import slicer
 
 from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.core.files import write_text_atomically
 from RadFusionScreenLib.core.locations import available_models, models_directory, resolve_model_path
 from RadFusionScreenLib.slicer_glue import mrml
 
@@ -267,9 +268,7 @@ class ScreeningLogic:
             renderer="Drawn by Slicer's slice pipeline (vtkMRMLSliceLogic) from the scene's nodes, as the slice views "
                      "draw them; patient's left on the right.",
             heat_threshold=mrml.HEATMAP_THRESHOLD, heat_window=mrml.heatmap_window())
-        path = Path(path)
-        path.write_text(html, encoding="utf-8")
-        return path
+        return write_text_atomically(path, html)
 
 
 REPORT_VIEW_HEIGHT = 360
