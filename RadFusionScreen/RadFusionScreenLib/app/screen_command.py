@@ -36,7 +36,8 @@ def add_screen_command(commands) -> None:
         "the model loaded once; a failing case gets its message in the error column.",
     )
     parser.add_argument("inputs", nargs="+", metavar="IMAGE MASK | MANIFEST", help="image and mask, or a manifest CSV")
-    parser.add_argument("--model", help="model bundle folder or name in models/ (default: busi-ultrasound)")
+    parser.add_argument("--model", help="model bundle folder or name in models/ (default: the shipped bundle of the "
+                        "image's modality: CT lidc-ct-nodule, US busi-ultrasound)")
     parser.add_argument("--clinical", nargs="*", default=[], metavar="KEY=VALUE", help="clinical values the model needs")
     parser.add_argument("--site", help="the case's site, when the model harmonises by site (ComBat)")
     parser.add_argument("--label", type=int, help="mask label value (default: the single non-zero label)")
@@ -71,6 +72,8 @@ def run_screen(args: argparse.Namespace, screener=None) -> int:
             raise RadFusionError("a manifest needs -o PREDICTIONS.csv (or give IMAGE MASK to screen one case)")
         from RadFusionScreenLib.serving.screening import screen_manifest
 
+        if not args.model:  # the bundle trained on the modality of the manifest's first image
+            args.model = str(_model_for_manifest(args.inputs[0]))
         table = screen_manifest(args.inputs[0], args.output, screener(args.model, device), segment=args.segment)
         failed = int((table["error"] != "").sum())
         print(f"{len(table) - failed} of {len(table)} cases screened -> {args.output}", file=sys.stderr)
@@ -78,6 +81,10 @@ def run_screen(args: argparse.Namespace, screener=None) -> int:
     if len(args.inputs) != 2:
         raise RadFusionError("give IMAGE MASK (one case) or MANIFEST.csv -o PREDICTIONS.csv")
     clinical = key_values(args.clinical)
+    if not args.model:  # the bundle trained on this image's modality
+        from RadFusionScreenLib.serving.model_choice import model_for_case
+
+        args.model = str(model_for_case(args.inputs[0]))
     loaded = screener(args.model, device)
     result = loaded.screen(args.inputs[0], args.inputs[1], clinical=clinical, site=args.site, label=args.label,
                            heatmap=True, segment=args.segment)
@@ -89,6 +96,22 @@ def run_screen(args: argparse.Namespace, screener=None) -> int:
         _write_report(result, args, loaded.modality)
     print(json.dumps(result.to_dict(), indent=2, allow_nan=False) if args.json else result.summary_text())
     return 0
+
+
+def _model_for_manifest(manifest: str) -> Path:
+    import csv
+
+    from RadFusionScreenLib.serving.model_choice import model_for_case
+
+    try:
+        with open(manifest, newline="", encoding="utf-8") as stream:
+            first = next(csv.DictReader(stream), None) or {}
+    except OSError as error:
+        raise RadFusionError(f"cannot read the manifest {manifest}: {error}") from None
+    image = first.get("image")
+    if not image:
+        raise RadFusionError(f"{manifest}: no case with an image column to choose a model by; give --model")
+    return model_for_case(Path(manifest).parent / image if not Path(image).is_absolute() else image)
 
 
 def _write_report(result, args: argparse.Namespace, modality: str) -> None:

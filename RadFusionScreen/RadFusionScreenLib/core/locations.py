@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from RadFusionScreenLib.core.errors import InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # RadFusionScreenLib: params/, keys/
 MODULE_DIR = PACKAGE_DIR.parent  # the scripted module's folder (RadFusionScreen.py, Resources/)
-DEFAULT_MODEL = "busi-ultrasound"
+#: The shipped bundle of each modality: what a case gets when the user names no model.
+SHIPPED_MODELS = {"US": "busi-ultrasound", "CT": "lidc-ct-nodule"}
+DEFAULT_MODEL = SHIPPED_MODELS["US"]  # when the case's modality is not known (e.g. ``Screener()``)
 
 
 def models_directory() -> Path:
@@ -29,11 +32,40 @@ def available_models() -> list[Path]:
     return sorted(p.resolve() for p in folder.iterdir() if (p / "manifest.json").is_file())
 
 
-def resolve_model_path(model: str | os.PathLike | None) -> Path:
-    """A bundle folder: a path, or the name of a bundle in :func:`models_directory` (None or "":
-    the default one)."""
+def bundle_modality(folder: str | os.PathLike) -> str | None:
+    """The modality a bundle was trained on, read from its manifest (not verified: for choosing
+    and listing only; the chosen bundle is verified when it is loaded)."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+        return str(manifest["extraction"]["modality"]).upper() or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def default_model(modality: str | None = None) -> Path:
+    """The bundle for a case of ``modality`` when the user names none: the shipped bundle of that
+    modality, else the only bundle of it in :func:`models_directory`. No modality: the default."""
+    folder = models_directory()
+    if not modality:
+        return resolve_model_path(DEFAULT_MODEL)
+    modality = modality.upper()
+    shipped = folder / SHIPPED_MODELS.get(modality, "")
+    if modality in SHIPPED_MODELS and bundle_modality(shipped) == modality:
+        return shipped
+    matching = [p for p in available_models() if bundle_modality(p) == modality]
+    if len(matching) == 1:
+        return matching[0]
+    others = ", ".join(f"{p.name} ({bundle_modality(p) or '?'})" for p in available_models()) or "none"
+    reason = "several" if matching else "no"
+    raise InputError(f"{reason} model bundles for {modality} images in {folder} (bundles: {others}): "
+                     "choose one with --model (Slicer: the Model list)")
+
+
+def resolve_model_path(model: str | os.PathLike | None, modality: str | None = None) -> Path:
+    """A bundle folder: a path, or the name of a bundle in :func:`models_directory`; None or "":
+    the default bundle for a case of ``modality`` (:func:`default_model`)."""
     if not model:
-        model = DEFAULT_MODEL
+        return default_model(modality)
     folder = models_directory()
     path = Path(model)
     if not path.exists() and (folder / str(model)).exists():

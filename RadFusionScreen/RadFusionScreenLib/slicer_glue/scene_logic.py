@@ -67,9 +67,28 @@ class ScreeningLogic:
     def availableModels(self) -> list:
         return available_models()
 
-    def resolveModelPath(self, modelPath=None) -> Path:
-        """A bundle folder: a path, a bundle name in the models folder, or (None / "") the default one."""
-        return resolve_model_path(modelPath).resolve()
+    def resolveModelPath(self, modelPath=None, volumeNode=None) -> Path:
+        """A bundle folder: a path, a bundle name in the models folder, or (None / "") the shipped
+        bundle of the volume's modality (CT -> the lung-nodule model, US -> breast ultrasound)."""
+        modality = self.volumeModality(volumeNode) if not modelPath and volumeNode is not None else None
+        return resolve_model_path(modelPath, modality).resolve()
+
+    def volumeModality(self, volumeNode) -> str:
+        """The volume's modality: its series' DICOM Modality when Slicer loaded it from DICOM, else
+        the engine's rule on its voxels (one slice: US; air in HU: CT; else MR)."""
+        from RadFusionScreenLib.features.case_features import resolve_modality
+
+        return resolve_modality(self._dicomModality(volumeNode) or None, mrml.volume_node_to_sitk(volumeNode))
+
+    @staticmethod
+    def _dicomModality(volumeNode) -> str:
+        """Modality (0008,0060) of the first instance the volume was loaded from ("" when unknown)."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return ""
+        filePath = database.fileForInstance(uids[0])
+        return str(database.fileValue(filePath, "0008,0060") or "").strip() if filePath else ""
 
     def getScreener(self, modelPath=None, device=None):
         """The engine's Screener for a bundle, loaded once per (model, device)."""
@@ -116,6 +135,7 @@ class ScreeningLogic:
         """
         started = time.perf_counter()
         image, mask = self.exportCase(volumeNode, segmentationNode, segmentId)
+        modelPath = modelPath or str(self.resolveModelPath(None, volumeNode))
         screener = self.getScreener(modelPath, device)
         result = screener.screen(image, mask, clinical=parseClinicalValues(clinical), site=site or None, heatmap=True)
         self.writeResults(result, volumeNode, segmentationNode, segmentId, modelPath=modelPath, device=device,
@@ -196,10 +216,11 @@ class ScreeningLogic:
         return imagePath, maskPath
 
     def screenArguments(self, imagePath, maskPath, heatmapPath, modelPath=None, device=None, clinical=None,
-                        site=None) -> list:
-        """Arguments of ``python -m RadFusionScreenLib`` that screen the exported case."""
+                        site=None, volumeNode=None) -> list:
+        """Arguments of ``python -m RadFusionScreenLib`` that screen the exported case (no
+        ``modelPath``: the shipped bundle of ``volumeNode``'s modality)."""
         arguments = ["screen", str(imagePath), str(maskPath), "--json", "--heatmap", str(heatmapPath),
-                     "--model", str(self.resolveModelPath(modelPath)), "--device", device or "auto"]
+                     "--model", str(self.resolveModelPath(modelPath, volumeNode)), "--device", device or "auto"]
         values = parseClinicalValues(clinical)
         if values:
             arguments += ["--clinical", *(f"{k}={v}" for k, v in values.items())]

@@ -40,6 +40,7 @@ class WidgetController:
         self._clinicalEditors = {}
         self._packagesError = None  # why the engine's packages are missing, once offered
         self._packagesAsked = False
+        self._modelVolume = None  # the input volume the shown default model was chosen for
         self._clinicalLayout = qt.QFormLayout(self.ui.clinicalFormWidget)
         self._timer = qt.QTimer()
         self._timer.setInterval(500)
@@ -54,6 +55,8 @@ class WidgetController:
         if node.segmentId and self.ui.segmentSelector.currentSegmentID() != node.segmentId:
             self.ui.segmentSelector.setCurrentSegmentID(node.segmentId)
         self.ui.editRoiButton.enabled = node.inputVolume is not None
+        if not node.modelPath and node.inputVolume is not self._modelVolume:
+            self.selectModel("")  # the default bundle follows the volume's modality
         running = self.engine.busy
         ready = bool(node.inputVolume and node.inputSegmentation and node.segmentId)
         self.ui.analyzeButton.enabled = ready and not running
@@ -112,8 +115,11 @@ class WidgetController:
         combo.addItem(_(LOAD_BUNDLE_ITEM), "")
 
     def selectModel(self, modelPath) -> None:
+        """Show ``modelPath`` ("" = the shipped bundle of the input volume's modality)."""
+        volume = self.parameterNode.inputVolume if self.parameterNode is not None else None
+        self._modelVolume = volume
         try:
-            path = str(self.logic.resolveModelPath(modelPath))
+            path = str(self.logic.resolveModelPath(modelPath, volume))
         except Exception:  # e.g. a saved scene names a bundle that is not on this computer
             path = ""
         combo = self.ui.modelComboBox
@@ -228,8 +234,9 @@ class WidgetController:
                 imagePath, maskPath = self.logic.writeCaseFiles(
                     node.inputVolume, node.inputSegmentation, node.segmentId, folder)
                 heatmapPath = os.path.join(folder, "heatmap.nrrd")  # NRRD keeps the geometry's doubles
+                modelPath = str(self.logic.resolveModelPath(node.modelPath, node.inputVolume))
                 arguments = self.logic.screenArguments(
-                    imagePath, maskPath, heatmapPath, node.modelPath, node.device,
+                    imagePath, maskPath, heatmapPath, modelPath, node.device,
                     parseClinicalValues(node.clinicalValues), node.site)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
@@ -241,7 +248,7 @@ class WidgetController:
         self.ui.progressBar.visible = True
         self._showElapsed()
         self._timer.start()
-        self.startEngine(node.modelPath, node.device)
+        self.startEngine(modelPath, node.device)
         self.engine.request(arguments)
         self.updateGui()
 

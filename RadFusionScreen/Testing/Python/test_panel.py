@@ -147,6 +147,36 @@ class FormLayout:
         self.rows.append((label, editor))
 
 
+class ComboBox(slicer_code.Placeholder):
+    """Stand-in for the compiled QComboBox of the model list: its items (text, data) and current index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.__dict__.update(items=[], currentIndex=-1)
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    def addItem(self, text, data="") -> None:
+        self.items.append((text, data))
+
+    def insertItem(self, index, text, data="") -> None:
+        self.items.insert(index, (text, data))
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def findData(self, data) -> int:
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def setCurrentIndex(self, index) -> None:
+        self.__dict__["currentIndex"] = index
+
+
 @pytest.fixture()
 def panel(qt_process, monkeypatch):
     """The real controller on a headless scene, its parameter node, and recorded message boxes."""
@@ -164,6 +194,7 @@ def panel(qt_process, monkeypatch):
         ui = type("UI", (), {})()
         for name in slicer_code_ui_names():
             setattr(ui, name, slicer_code.Placeholder())
+        ui.modelComboBox = ComboBox()
         resources = Path(module.__file__).parent / "Resources"
         controller = widget_controller.WidgetController(ui, logic, lambda name: str(resources / name))
         controller.parameterNode = logic.getParameterNode()
@@ -349,9 +380,44 @@ def test_model_panel_is_rebuilt_after_the_install(panel, monkeypatch):
     missing = [["torch>=2.2"]]
     monkeypatch.setattr(widget_controller, "missingPackages", lambda path: missing[-1])
     monkeypatch.setattr(widget_controller, "ensurePackages", lambda *args: missing.append([]))
-    controller.ui.modelComboBox.findData = lambda data: 0  # the combo box lists the shipped bundle
     controller.parameterNode.modelPath = str(logic.availableModels()[0])
     controller.selectModel(controller.parameterNode.modelPath)
     assert "not installed yet" in str(controller.ui.modelSummaryLabel.text)
     assert controller.installPackages()
     assert "Bundle digest" in str(controller.ui.modelSummaryLabel.text), "the panel must show the model now"
+
+
+def test_default_model_follows_the_input_volumes_modality(panel, monkeypatch, tmp_path):
+    """No model chosen: a CT volume shows the CT bundle, an ultrasound picture the ultrasound one,
+    and the Analyze arguments carry the same bundle; a chosen model stays whatever the volume."""
+    import json
+
+    from RadFusionScreenLib.inputs.phantoms import synthetic_ct, synthetic_ultrasound
+    from RadFusionScreenLib.slicer_glue import mrml
+
+    controller, logic, scene, _ = panel
+    models = tmp_path / "models"
+    for name, modality in (("busi-ultrasound", "US"), ("lidc-ct-nodule", "CT")):
+        (models / name).mkdir(parents=True)
+        (models / name / "manifest.json").write_text(json.dumps({"extraction": {"modality": modality}}))
+    monkeypatch.setenv("RADFUSION_MODELS", str(models))
+    controller.populateModels()
+    ct = mrml.sitk_to_volume_node(synthetic_ct(shape=(16, 48, 48))[0], "chest CT", scene)
+    us = mrml.sitk_to_volume_node(synthetic_ultrasound()[0], "breast US", scene)
+    combo = controller.ui.modelComboBox
+
+    def shown():
+        return combo.itemData(combo.currentIndex)
+
+    controller.parameterNode.inputVolume = ct
+    controller.updateGui()
+    assert shown() == str((models / "lidc-ct-nodule").resolve())
+    arguments = logic.screenArguments("i.nrrd", "m.nrrd", "h.nrrd", "", volumeNode=ct)
+    assert arguments[arguments.index("--model") + 1] == shown()
+    controller.parameterNode.inputVolume = us
+    controller.updateGui()
+    assert shown() == str((models / "busi-ultrasound").resolve())
+    controller.parameterNode.modelPath = str(models / "busi-ultrasound")
+    controller.parameterNode.inputVolume = ct
+    controller.updateGui()
+    assert shown() == str((models / "busi-ultrasound").resolve())
