@@ -13,7 +13,10 @@
   ==========================  ==========================================================
 
   In every case ``base + Σ contributions`` is the model's log-odds, so
-  ``expit(base + Σ) == probability`` (a test checks this on the shipped bundle).
+  ``expit(base + Σ) == probability`` (a test checks this on the shipped bundle). That is the
+  classifier's own, *uncalibrated* probability: a calibrated bundle shows its calibration map
+  of it (:mod:`RadFusionScreenLib.model.calibration`, monotone, so the order of cases and the
+  direction of every contribution hold), and the case report says so.
 - :func:`feature_label`: a readable name (family · filter · feature; "CNN feature n").
 - :func:`operating_point`: sensitivity and specificity of the shipped model at its decision
   threshold on the bundle's internal test set (counts recovered from the recorded rates and
@@ -77,9 +80,9 @@ def case_contributions(bundle_model: Any, frame: pd.DataFrame) -> dict[str, Any]
     """SHAP contributions (log-odds) of ``bundle_model`` (a :class:`~.bundle.BundleModel`)
     for the first row of ``frame``.
 
-    Returns ``{"method", "output", "base", "contributions": [{"feature", "label", "value",
-    "shap"}, ...] largest |shap| first}``, or ``{"method": None, "reason": ...}`` when the
-    model family is not explained here.
+    Returns ``{"method", "output", "base", "log_odds", "probability" (the model's own,
+    uncalibrated), "contributions": [{"feature", "label", "value", "shap"}, ...] largest |shap|
+    first}``, or ``{"method": None, "reason": ...}`` when the model family is not explained here.
     """
     from scipy.special import logit
 

@@ -7,7 +7,10 @@ versions. :func:`describe_cohort` gives cases per split and site for its ``cohor
 
 Which data the curves use: the test set when there is one; otherwise the training
 out-of-fold predictions of the nested cross-validation (:func:`evaluation_set`), and every
-entry says which. The HTML report (:mod:`RadFusionScreenLib.presentation.model_report`) renders
+entry says which. On the test set a model's probability is the calibrated one it serves
+(:mod:`.calibration`); each calibration entry of a calibrated model also gives the calibration
+``before`` and ``after`` the calibrator (on the out-of-fold set, "after" uses each case's
+calibration fitted without its inner fold), with the method and how it was chosen. The HTML report (:mod:`RadFusionScreenLib.presentation.model_report`) renders
 its tables from this summary, so the HTML and the JSON agree.
 """
 
@@ -25,22 +28,16 @@ import pandas as pd
 
 from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.core.jsonable import to_jsonable
+from RadFusionScreenLib.model.calibration import calibration_metrics
 from RadFusionScreenLib.model.roles import NOMOGRAM_RESULT
 from RadFusionScreenLib.model.train import ModelComparison, ModelResult, best_result
-from RadFusionScreenLib.stats import (
-    Nomogram,
-    calibration_curve,
-    calibration_intercept_slope,
-    decision_curve,
-    delong_test,
-    hosmer_lemeshow_test,
-)
+from RadFusionScreenLib.model.train.model_result import training_threshold
+from RadFusionScreenLib.stats import Nomogram, calibration_curve, decision_curve, delong_test
 
 FORMAT = "RadFusionScreen.ComparisonSummary"
 FORMAT_VERSION = 1
 TEST_SET = "test set"
 TRAINING_OOF = "training set, out-of-fold (no test set)"
-CALIBRATION_CLIP = 1e-6  # for probabilities of exactly 0 or 1 (e.g. random forests)
 PACKAGES = ("numpy", "pandas", "scipy", "scikit-learn", "xgboost-cpu", "xgboost", "lightgbm", "matplotlib",
             "pyradiomics-bhklab", "torch", "SimpleITK")
 
@@ -106,7 +103,7 @@ def comparison_summary(comparison: ModelComparison, *, cohort: Mapping[str, Any]
         "best_model_rule": "highest mean outer-fold cross-validated AUC on the training set",
         "models": {name: _model_summary(result) for name, result in comparison.results.items()},
         "delong": _delong_tests(comparison, evaluation),
-        "calibration": {name: _calibration(evaluation, name) for name in _curve_models(comparison)},
+        "calibration": {name: _calibration(comparison, evaluation, name) for name in _curve_models(comparison)},
         "decision_curve": _decision_curves(comparison, evaluation),
         "notes": [str(note) for note in comparison.notes],
         "failed_models": dict(comparison.failed),
@@ -149,7 +146,11 @@ def _model_summary(result: ModelResult) -> dict[str, Any]:
         "cv_fold_aucs": list(result.cv.fold_aucs),
         "grid_best_auc_optimistic": float(getattr(result.model, "best_score_", np.nan)),
         "threshold": result.threshold,
-        "threshold_rule": "Youden on training out-of-fold probabilities",
+        "threshold_rule": "Youden on training out-of-fold probabilities"
+                          + ("" if result.calibration is None else ", calibrated"),
+        "threshold_uncalibrated": None if result.calibration is None else training_threshold(result.cv.y,
+                                                                                             result.cv.probability),
+        "calibration": None if result.calibration is None else result.calibration.to_dict(),
         "n_features": len(result.selected_features),
         "selected_features": list(result.selected_features),
         "best_params": dict(result.best_params),
@@ -209,33 +210,46 @@ def _delong_tests(comparison: ModelComparison, evaluation: EvaluationSet) -> lis
 
 
 def _curve_models(comparison: ModelComparison) -> list[str]:
-    """The best model and the nomogram: the two a reader compares on calibration and net benefit."""
+    """The best model, the shipped one and the nomogram: those a reader compares on calibration and net benefit."""
     names = [comparison.best_model]
+    try:
+        names.append(comparison.shipped_result().name)
+    except InputError:
+        pass
     if NOMOGRAM_RESULT in comparison.results and NOMOGRAM_RESULT not in names:
         names.append(NOMOGRAM_RESULT)
     return names
 
 
-def _calibration(evaluation: EvaluationSet, name: str) -> dict[str, Any]:
+def _calibration(comparison: ModelComparison, evaluation: EvaluationSet, name: str) -> dict[str, Any]:
+    """Calibration of the probability on the evaluation set (:func:`.calibration.calibration_metrics`:
+    intercept and slope with Wald CIs, Hosmer-Lemeshow) and its curve; for a calibrated model
+    also ``calibration``: the method, its choice, and the metrics before and after it."""
     y, p = evaluation.y, np.asarray(evaluation.probability[name], dtype=float)
-    clip = CALIBRATION_CLIP if np.any((p <= 0) | (p >= 1)) else None
-    entry: dict[str, Any] = {"set": evaluation.label, "n": int(y.size), "clip": clip}
+    entry: dict[str, Any] = {"set": evaluation.label, **calibration_metrics(y, p)}
     try:
         entry["curve"] = calibration_curve(y, p, n_bins=10).to_dict(orient="records")
     except InputError as exc:
         entry.update(curve=None, curve_error=str(exc))
-    try:
-        hl = hosmer_lemeshow_test(y, p, g=10)
-        entry["hosmer_lemeshow"] = {"statistic": hl.statistic, "df": hl.df, "p_value": hl.p_value,
-                                    "n_groups": hl.n_groups}
-    except InputError as exc:
-        entry.update(hosmer_lemeshow=None, hosmer_lemeshow_error=str(exc))
-    try:
-        fit = calibration_intercept_slope(y, p, clip=clip)
-        entry.update(intercept=fit.intercept, slope=fit.slope, intercept_se=fit.intercept_se, slope_se=fit.slope_se,
-                     slope_method=fit.slope_method)
-    except InputError as exc:
-        entry.update(intercept=None, slope=None, intercept_slope_error=str(exc))
+    result = comparison.results[name]
+    selection = result.calibration
+    entry["probability"] = ("the nomogram's own (logistic model)" if selection is None else
+                            f"as served (calibration: {selection.method})" if evaluation.label == TEST_SET
+                            else "uncalibrated (out-of-fold)")
+    if selection is None:
+        entry["calibration"] = None
+        return entry
+    if evaluation.label == TEST_SET:
+        before, after = result.test_probability_uncalibrated, p
+    else:
+        before = p
+        after = p if selection.held_out is None else selection.held_out
+    entry["calibration"] = {"method": selection.method, "description": selection.calibrator.describe(),
+                            "selection": selection.to_dict(),
+                            "before": None if before is None else calibration_metrics(y, before),
+                            "after": calibration_metrics(y, after),
+                            "after_note": None if evaluation.label == TEST_SET else
+                            "each training case calibrated by the chosen method fitted without its inner fold"}
     return entry
 
 

@@ -4,7 +4,9 @@ What a reader needs before using a model (Mitchell et al. 2019, "Model Cards for
 Reporting"): intended use, data, cohort sizes, internal test metrics with confidence
 intervals, calibration of the shipped model, and limitations. The numbers are read from
 the bundle's manifest (the training summary ``radfusion train`` recorded); calibration of
-the shipped model is recomputed from its recorded test predictions and the test labels.
+the shipped model is the manifest's record (the calibration method and the test set's
+intercept, slope and Hosmer-Lemeshow before and after it), or, for a bundle written before
+bundles were calibrated, recomputed from its recorded test predictions and the test labels.
 Free text (data source, citation, known problems) comes from the person who trained it.
 """
 
@@ -112,6 +114,8 @@ def _calibration_section(manifest: Mapping[str, Any], primary: Mapping[str, Any]
                          test_labels: Mapping[str, int] | None) -> list[str]:
     from RadFusionScreenLib.stats import calibration_intercept_slope, hosmer_lemeshow_test
 
+    if primary.get("calibration"):
+        return _recorded_calibration(primary["calibration"])
     recorded = ((manifest.get("training") or {}).get("reference") or {}).get("test_predictions") or {}
     cases = [c for c in recorded if test_labels is not None and c in test_labels]
     if len(cases) < 10:
@@ -123,12 +127,50 @@ def _calibration_section(manifest: Mapping[str, Any], primary: Mapping[str, Any]
     slope_note = ("; Firth's estimate: the predictions separate the test set perfectly, so the maximum-likelihood "
                   "slope is infinite" if fit.slope_method == "firth" else "")
     return ["## Calibration (shipped model, internal test set)", "",
+            "The bundle stores no probability calibration (written before bundles were calibrated): its "
+            "probability is the classifier's raw output.", "",
             f"- Hosmer-Lemeshow (10 groups): statistic {hl.statistic:.2f}, df {hl.df}, p = {hl.p_value:.3f}",
             f"- calibration-in-the-large {fit.intercept:.3f} (ideal 0), slope {fit.slope:.3f} (ideal 1){slope_note}",
             f"- mean predicted {p.mean():.3f} vs observed {y.mean():.3f} ({len(y)} cases)", ""] + (
         ["**The probabilities are miscalibrated** (Hosmer-Lemeshow p < 0.05): read them as a ranking "
          "against the decision threshold, and recalibrate on local data before quoting them as risks.", ""]
         if hl.p_value < 0.05 else [])
+
+
+def _recorded_calibration(record: Mapping[str, Any]) -> list[str]:
+    """The calibrator and the test set's calibration before and after it, as the bundle recorded them."""
+    selection = record.get("selection") or {}
+    losses = ", ".join(f"{method} {number(value)}" for method, value in (selection.get("log_loss") or {}).items())
+    lines = ["## Calibration (shipped model, internal test set)", "",
+             f"Probability calibration: **{selection.get('description', MISSING)}**, chosen by nested cross-validation "
+             f"(held-out log-loss: {losses or MISSING}; one-standard-error rule towards the simpler method) and "
+             f"fitted on {selection.get('fitted_on', 'the training out-of-fold probabilities')}. The decision "
+             "threshold is Youden's on the calibrated out-of-fold probabilities, so it is on the scale of the "
+             "probability shown.", ""]
+    test = record.get("test_set")
+    if not test:
+        return lines + ["No test set: the calibration could not be checked on held-out cases.", ""]
+    lines += ["| probability | calibration intercept (95% CI) | calibration slope (95% CI) "
+              "| Hosmer-Lemeshow χ² (df), p | mean predicted / observed |", "|---|---|---|---|---|"]
+    for when, label in (("before", "before: the classifier's output"), ("after", "after: calibrated (shown)")):
+        m = test.get(when) or {}
+        hl = m.get("hosmer_lemeshow") or {}
+        hl_text = (MISSING if not hl else f"{number(hl.get('statistic'), 2)} ({hl.get('df')}), "
+                   f"p {'< 0.001' if hl['p_value'] < 0.001 else '= ' + number(hl['p_value'])}")
+        lines.append(f"| {label} | {_estimate(m, 'intercept')} | {_estimate(m, 'slope')} | {hl_text} | "
+                     f"{number(m.get('mean_predicted'))} / {number(m.get('observed_rate'))} |")
+    after = test.get("after") or {}
+    lines += ["", f"{after.get('n', '?')} test cases; Wald intervals; ideal intercept 0 and slope 1.", ""]
+    if ((after.get("hosmer_lemeshow") or {}).get("p_value") or 1.0) < 0.05:
+        lines += ["**The calibrated probabilities are still miscalibrated on the test set** (Hosmer-Lemeshow "
+                  "p < 0.05): read them as a ranking against the decision threshold, and recalibrate on local data "
+                  "before quoting them as risks.", ""]
+    return lines
+
+
+def _estimate(metrics: Mapping[str, Any], name: str) -> str:
+    ci = interval(metrics.get(f"{name}_ci"))
+    return number(metrics.get(name)) + ("" if ci == MISSING else f" ({ci})")
 
 
 def _limitations(cohort: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:

@@ -5,12 +5,15 @@ Slicer module's "Export report" (``slicer_glue.scene_logic.writeReport``). Secti
 
 1. patient-free header: case hash (of the voxels, never a name), date, model name, bundle digest
    and provenance;
-2. **the answer**: the fused model's probability and the decision at the bundle's threshold
-   (the only probability in large type);
+2. **the answer**: the fused model's probability (calibrated by the bundle's calibrator) and the
+   decision at the bundle's threshold (the only probability in large type), with one line on
+   how well calibrated it is on the bundle's internal test set;
 3. slice views (drawn by ``slicer_glue.slice_views`` where slicer-core / Slicer is there, else by
    :func:`.figures.render_views_engine` with the same conventions; the page says which) with
    the Grad-CAM colour bar and what the map is and is not;
-4. why this case: SHAP waterfall of the fused model (:mod:`.reasons`);
+4. why this case: SHAP waterfall of the fused model (:mod:`.reasons`), which explains the
+   classifier's own (uncalibrated) output; the page says that the calibration map turns it into
+   the probability shown, and draws the threshold on that raw scale;
 5. the nomogram figure with this case marked, its own estimate labelled as the nomogram's;
 6. the operating point at the threshold (sensitivity, specificity, PPV / NPV, 95 % CIs, source);
 7. warnings; 8. research-use notice.
@@ -151,7 +154,24 @@ def _answer(result: Any) -> str:
     return (f'<p class="answer {_e(risk)}">probability {result.probability:.3f} · {_e(risk.upper())} risk</p>'
             f"<p>The fused model's probability that the lesion is positive (label 1). Decision at the model's "
             f"threshold {result.threshold:.3f}: <b>{decision}</b> (positive when the probability is at or above "
-            "the threshold, which was fixed on training data; see 'Operating point').</p>")
+            "the threshold, which was fixed on training data; see 'Operating point').</p>"
+            f'<p class="small" id="calibration">{_e(_calibration_text(result))}</p>')
+
+
+def _calibration_text(result: Any) -> str:
+    """One line: is the probability calibrated, and how well on the bundle's internal test set."""
+    from RadFusionScreenLib.serving.screening import calibration_fit_text
+
+    calibration = getattr(result, "calibration", None) or {}
+    if not calibration:
+        return "Calibration: not recorded with this result."
+    if not calibration.get("method"):
+        return ("Not calibrated: the model bundle stores no calibration, so this is the classifier's raw output, "
+                "which may be far from the observed risk; read it against the threshold, not as a risk.")
+    after = (calibration.get("test_set") or {}).get("after")
+    how = (f"on the bundle's internal test set: {calibration_fit_text(after)} (ideal: intercept 0, slope 1)"
+           if after else "not checked on a test set")
+    return f"Calibration: {calibration.get('description')}, fitted on training data only; {how}."
 
 
 def _reasons(result: Any, figure_png: Any, waterfall_figure: Any) -> str:
@@ -160,7 +180,14 @@ def _reasons(result: Any, figure_png: Any, waterfall_figure: Any) -> str:
     if not contributions:
         reason = explanation.get("reason") or "no per-case explanation was computed"
         return _section("Why this case", f"<p>{_e(reason)}.</p>")
-    figure = figure_png(waterfall_figure(explanation, result.threshold))
+    calibration = getattr(result, "calibration", None) or {}
+    raw_threshold = calibration.get("raw_threshold", result.threshold) if calibration else result.threshold
+    figure = figure_png(waterfall_figure(explanation, raw_threshold))
+    raw = explanation.get("probability", getattr(result, "uncalibrated_probability", None) or result.probability)
+    mapped = ("" if not calibration.get("calibrated") else
+              f" That is the classifier's own output; the bundle's calibration map ({calibration.get('description')}) "
+              f"turns it into the probability shown, {result.probability:.3f}, and the dashed threshold line is drawn "
+              "where the calibrated probability reaches the threshold.")
     rows = "".join(f"<tr><td>{_e(c['label'])}</td><td>{c['value']:.4g}</td><td>{c['shap']:+.3f}</td></tr>"
                    for c in contributions[:10])
     return _section(
@@ -168,7 +195,7 @@ def _reasons(result: Any, figure_png: Any, waterfall_figure: Any) -> str:
         f"<p class=small>SHAP contributions of the fused model for this case ({_e(explanation.get('method'))}): "
         f"each bar moves the model's output from its base value ({explanation['base']:.2f}, the average over "
         f"the training data) towards this case's {explanation.get('log_odds', float('nan')):.2f} "
-        f"(probability {explanation.get('probability', result.probability):.3f}). Names: family · filter · "
+        f"(probability {raw:.3f}).{_e(mapped)} Names: family · filter · "
         "feature for radiomic features, 'CNN feature n' for the deep features.</p>",
         _image(figure, "SHAP waterfall of this case", "waterfall"),
         "<table><tr><th>feature</th><th>value</th><th>SHAP (log-odds)</th></tr>" + rows + "</table>")

@@ -194,8 +194,9 @@ def _models_section(summary: Mapping[str, Any], selected: str) -> str:
                      *(_proportion(m.get(metric)) for metric in _METRICS), m.get("n_features")))
         classes.append("best" if name == best else "selected" if name == selected else "")
     note = _paragraph("Models ranked by mean outer-fold cross-validated AUC (nested CV on the training set). "
-                      "The threshold is Youden's on training out-of-fold probabilities and is applied unchanged "
-                      "to the test set; metrics show the estimate (95% Wilson interval; count).", "small")
+                      "The threshold is Youden's on training out-of-fold probabilities (after calibration, so "
+                      "on the scale of the probability shown) and is applied unchanged to the test set's calibrated "
+                      "probabilities; metrics show the estimate (95% Wilson interval; count).", "small")
     return _section("models", "Model comparison", note, _table(headers, rows, classes), _remarks(summary))
 
 
@@ -240,20 +241,42 @@ def _calibration_section(summary: Mapping[str, Any]) -> str:
     calibration = summary.get("calibration", {})
     if not calibration:
         return ""
-    rows = []
+    rows, methods = [], []
     for name, entry in calibration.items():
-        hl = entry.get("hosmer_lemeshow") or {}
-        rows.append((name, entry.get("set"), entry.get("n"), number(hl.get("statistic"), 2), hl.get("df", MISSING),
-                     _p(hl.get("p_value")), number(entry.get("intercept")), number(entry.get("slope")),
-                     MISSING if entry.get("clip") is None else f"{entry['clip']:g}",
-                     entry.get("hosmer_lemeshow_error", "") or entry.get("intercept_slope_error", "")
-                     or _slope_remark(entry)))
-    headers = ("model", "set", "n", "Hosmer-Lemeshow χ²", "df", "p", "calibration intercept", "calibration slope",
-               "probability clip", "remark")
+        recalibration = entry.get("calibration")
+        if recalibration is None:
+            rows.append(_calibration_row(name, entry.get("probability", ""), entry, entry))
+            continue
+        methods.append(f"{name}: {recalibration.get('description')}")
+        for when in ("before", "after"):
+            if recalibration.get(when):
+                label = "uncalibrated" if when == "before" else f"calibrated ({recalibration.get('method')})"
+                rows.append(_calibration_row(name, f"{when}: {label}", recalibration[when], entry))
+    headers = ("model", "probability", "set", "n", "Hosmer-Lemeshow χ²", "df", "p", "calibration intercept (95% CI)",
+               "calibration slope (95% CI)", "probability clip", "remark")
+    chosen = ("Calibration (chosen by nested CV on the training out-of-fold probabilities, by held-out log-loss "
+              "with the one-standard-error rule towards the simpler method; never on the test set): "
+              + "; ".join(methods) + ".") if methods else ""
     return _section("calibration", "Calibration", _paragraph(
         "Groups are deciles of predicted risk (as hoslem.test). Intercept: calibration-in-the-large (0 is "
-        "ideal); slope: 1 is ideal, below 1 means too extreme predictions, above 1 too modest ones.", "small"),
+        "ideal); slope: 1 is ideal, below 1 means too extreme predictions, above 1 too modest ones; Wald 95% "
+        "intervals. The figure shows the probabilities as served.", "small"),
+        _paragraph(chosen, "small") if chosen else "",
         _figure(calibration_figure(calibration), "calibration plot"), _table(headers, rows))
+
+
+def _calibration_row(name: str, label: str, metrics: Mapping[str, Any], entry: Mapping[str, Any]) -> tuple:
+    hl = metrics.get("hosmer_lemeshow") or {}
+    return (name, label, entry.get("set"), metrics.get("n"), number(hl.get("statistic"), 2), hl.get("df", MISSING),
+            _p(hl.get("p_value")), _with_ci(metrics, "intercept"), _with_ci(metrics, "slope"),
+            MISSING if metrics.get("clip") is None else f"{metrics['clip']:g}",
+            metrics.get("hosmer_lemeshow_error", "") or metrics.get("intercept_slope_error", "")
+            or _slope_remark(metrics))
+
+
+def _with_ci(metrics: Mapping[str, Any], name: str) -> str:
+    ci = interval(metrics.get(f"{name}_ci"))
+    return number(metrics.get(name)) + ("" if ci == MISSING else f" ({ci})")
 
 
 def _slope_remark(entry: Mapping[str, Any]) -> str:

@@ -6,8 +6,11 @@ the batch CLI do); :func:`screen` is the one-call API. Per case:
 1. image + mask → geometry-checked binary ROI (paths, SimpleITK images or numpy arrays);
 2. radiomic features with the bundle's own pyradiomics params, deep features with the
    bundle's network (its weights' SHA-256 is checked against the installed file);
-3. the bundle's fused model → probability, decision at the bundle's threshold, risk class;
-   rad-score / deep-score models and the nomogram → per-predictor points;
+3. the bundle's fused model → probability (calibrated by the bundle's calibrator, see
+   :mod:`RadFusionScreenLib.model.calibration`; the classifier's own output is kept as
+   ``uncalibrated_probability``), decision at the bundle's threshold (on the calibrated scale),
+   risk class; rad-score / deep-score models and the nomogram → per-predictor points (the
+   nomogram keeps its own probability);
 4. Grad-CAM of the deep-score (the deep features' share of the decision; see
    :mod:`.gradcam`) pasted into the input's geometry;
 5. warnings when the case lies outside what the model was trained on.
@@ -32,6 +35,7 @@ import SimpleITK as sitk
 from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.core.files import write_atomically
 from RadFusionScreenLib.core.locations import resolve_model_path
+from RadFusionScreenLib.core.text import MISSING, number
 from RadFusionScreenLib.model.roles import DEEP_SCORE, RAD_SCORE
 
 RISK_CLASSES = ("low", "high")  # below / at or above the bundle's decision threshold
@@ -62,6 +66,10 @@ class ScreenResult:
     # is at its threshold (reasons.operating_point); None when not available.
     explanation: dict[str, Any] | None = None
     operating_point: dict[str, Any] | None = None
+    # The classifier's own output before calibration (SHAP explains this one), and the bundle's
+    # calibration record (Bundle.calibration_summary: method, test set before / after); None when unknown.
+    uncalibrated_probability: float | None = None
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able numbers (the heat map itself is left out)."""
@@ -72,6 +80,7 @@ class ScreenResult:
                          "linear_predictor": self.nomogram_linear_predictor, "probability": self.nomogram_probability},
             "features": _records(self.features), "model": self.model, "timings_s": self.timings,
             "warnings": self.warnings, "explanation": self.explanation, "operating_point": self.operating_point,
+            "uncalibrated_probability": self.uncalibrated_probability, "calibration": self.calibration,
         }
 
     def summary_text(self) -> str:
@@ -81,6 +90,7 @@ class ScreenResult:
             f"digest {self.model['digest'][:16]}; {self.model['provenance']})",
             f"probability {self.probability:.3f}  ->  {self.risk_class.upper()} risk "
             f"(threshold {self.threshold:.3f}, decision {'positive' if self.decision else 'negative'})",
+            f"calibration {calibration_line(self.calibration, self.uncalibrated_probability)}",
         ]
         if self.nomogram_total_points is not None:
             lines.append("nomogram   (breakdown by the scores; a simpler companion model, not the answer)")
@@ -91,12 +101,35 @@ class ScreenResult:
                          f"the nomogram's own estimate {self.nomogram_probability:.3f}")
         top = (self.explanation or {}).get("contributions") or []
         if top:
-            lines.append("reasons    (SHAP of the fused model, log-odds) " + "; ".join(
+            lines.append("reasons    (SHAP of the fused model's uncalibrated output, log-odds) " + "; ".join(
                 f"{c['label']} {c['shap']:+.2f}" for c in top[:3]))
         lines.append("timings    " + ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
         lines += [f"WARNING    {w}" for w in self.warnings]
         lines.append("Research use only: not for clinical use without local validation.")
         return "\n".join(lines)
+
+
+def calibration_line(calibration: Mapping[str, Any] | None, uncalibrated: float | None) -> str:
+    """One line: how the probability was calibrated and how well, on the bundle's internal test set."""
+    if not calibration:
+        return "not recorded"
+    raw = "" if uncalibrated is None else f"; classifier's own output {uncalibrated:.3f}"
+    if not calibration.get("method"):
+        return f"none: {str(calibration.get('description')).removeprefix('not calibrated: ')}"
+    after = (calibration.get("test_set") or {}).get("after") or {}
+    return f"{calibration.get('description')}{raw}; internal test set: {calibration_fit_text(after)}"
+
+
+def calibration_fit_text(entry: Mapping[str, Any]) -> str:
+    """"intercept a (CI), slope b (CI), Hosmer-Lemeshow p = c" of a calibration_metrics record."""
+    def estimate(name: str) -> str:
+        low, high = (entry.get(f"{name}_ci") or [None, None])[:2]
+        ci = "" if MISSING in (number(low, 2), number(high, 2)) else f" (95% CI {number(low, 2)} to {number(high, 2)})"
+        return f"{name} {number(entry.get(name), 2)}{ci}"
+
+    p_value = (entry.get("hosmer_lemeshow") or {}).get("p_value")
+    p_text = MISSING if p_value is None else "< 0.001" if p_value < 0.001 else f"= {p_value:.3f}"
+    return f"{estimate('intercept')}, {estimate('slope')}, Hosmer-Lemeshow p {p_text}"
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -299,6 +332,7 @@ class Screener(ModelDescription):
                 timings: dict[str, float], warnings: list[str]) -> ScreenResult:
         probability = float(predicted["probability"])
         threshold = float(self.bundle.threshold)
+        uncalibrated = float(predicted["uncalibrated_probability"])
         decision = None if not math.isfinite(threshold) else bool(probability >= threshold)
         nomogram, total, lp, p_nomogram = _nomogram_table(predicted, row, self.bundle.nomogram)
         return ScreenResult(
@@ -306,7 +340,8 @@ class Screener(ModelDescription):
             threshold=threshold, rad_score=_optional(predicted, RAD_SCORE), deep_score=_optional(predicted, DEEP_SCORE),
             nomogram=nomogram, nomogram_total_points=total, nomogram_linear_predictor=lp,
             nomogram_probability=p_nomogram, features=used, heatmap=heatmap, model=self.model_info(),
-            timings=timings, warnings=warnings,
+            timings=timings, warnings=warnings, uncalibrated_probability=uncalibrated,
+            calibration=self.bundle.calibration_summary(),
         )
 
 

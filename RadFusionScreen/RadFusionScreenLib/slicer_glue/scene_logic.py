@@ -255,6 +255,7 @@ class ScreeningLogic:
             features=pd.DataFrame(values.get("features") or []), heatmap=heatmap, model=values.get("model") or {},
             timings=values.get("timings_s") or {}, warnings=list(values.get("warnings") or []),
             explanation=values.get("explanation"), operating_point=values.get("operating_point"),
+            uncalibrated_probability=values.get("uncalibrated_probability"), calibration=values.get("calibration"),
         )
 
     def writeReport(self, path, result, description="", volumeNode=None, segmentationNode=None, segmentId=None,

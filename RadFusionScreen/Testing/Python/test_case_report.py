@@ -1,7 +1,7 @@
 """The case report of issue 19 on real parts: the shipped bundle, a real BUSI test case, Slicer's
 own slice pipeline (slicer-core) and the engine's fallback renderer.
 
-- SHAP of the fused model for one case adds up to its probability (exact TreeSHAP), with
+- SHAP of the fused model for one case adds up to its uncalibrated probability (exact TreeSHAP), with
   readable names;
 - the operating point's counts are those of the bundle's test split (checked against the
   recorded test predictions and the BUSI labels) and its intervals are Wilson / Mercaldo logit;
@@ -49,14 +49,19 @@ def screened():
     return type("Screened", (), dict(screener=screener, image=image, mask=mask, result=result))
 
 
-def test_shap_of_the_fused_model_adds_up_to_its_probability(screened):
+def test_shap_of_the_fused_model_adds_up_to_its_uncalibrated_probability(screened):
+    """SHAP explains the classifier's own output; a calibrated bundle maps that to the probability
+    shown (the shipped bundle predates calibration, so there the two are equal)."""
     result, manifest = screened.result, screened.screener.bundle.manifest
     explanation = result.explanation
     assert explanation["method"].startswith("LightGBM native TreeSHAP")
     contributions = explanation["contributions"]
     assert len(contributions) == len(manifest["models"]["primary"]["spec"]["features"]) == 50
     total = explanation["base"] + sum(c["shap"] for c in contributions)
-    assert expit(total) == pytest.approx(result.probability, abs=1e-9)
+    assert expit(total) == pytest.approx(result.uncalibrated_probability, abs=1e-9)
+    calibrator = screened.screener.bundle.calibrator
+    shown = result.uncalibrated_probability if calibrator is None else calibrator.apply([expit(total)])[0]
+    assert shown == pytest.approx(result.probability, abs=1e-9)
     recorded = manifest["training"]["reference"]["test_predictions"][CASE]
     assert result.probability == pytest.approx(recorded, abs=1e-9)
     assert [abs(c["shap"]) for c in contributions] == sorted((abs(c["shap"]) for c in contributions), reverse=True)
@@ -189,6 +194,8 @@ def test_case_report_shows_one_answer_and_embeds_everything(screened, tmp_path):
     assert page.count(f"{result.nomogram_probability:.3f}") >= 1 and "the nomogram's own estimate" in page
     assert "not a segmentation" in page and "not an explanation of the fused model" in page
     assert "0.894 (42/47)" in page and "0.960 (95/99)" in page
+    calibrated = screened.screener.bundle.calibrator is not None
+    assert ("Calibration: " if calibrated else "Not calibrated: the model bundle stores no calibration") in page
     assert result.model["digest"][:16] in page and "Research use only" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)

@@ -110,8 +110,13 @@ def test_model_numbers_equal_the_results_and_independent_recomputation(compariso
         boot = auc_ci_bootstrap(y_test, p, n_boot=entry["bootstrap"]["n_boot"], seed=entry["bootstrap"]["seed"])
         assert entry["test_auc_ci_bootstrap"] == pytest.approx([boot.ci_lower, boot.ci_upper], abs=1e-12)
         assert entry["bootstrap"]["n_boot"] == 300
-        threshold = youden_threshold(y_train, result.cv.probability)
+        # Youden on the calibrated out-of-fold probabilities: the scale of the probability served
+        oof = result.cv.probability if result.calibration is None else result.calibration.apply(result.cv.probability)
+        threshold = youden_threshold(y_train, oof)
         assert entry["threshold"] == pytest.approx(threshold, abs=1e-12)
+        if result.calibration is not None:
+            np.testing.assert_allclose(p, result.calibration.apply(result.test_probability_uncalibrated))
+            assert entry["calibration"]["method"] == result.calibration.method
         metrics = threshold_metrics(y_test, p, threshold)
         for metric in ("sensitivity", "specificity", "ppv", "npv", "accuracy"):
             expected = getattr(metrics, metric)
@@ -159,10 +164,22 @@ def test_delong_p_values_vs_best_and_fused_vs_single_sources(comparison, summary
 
 def test_calibration_and_decision_curve_recomputed(comparison, summary) -> None:
     y = comparison.y_test
-    names = [comparison.best_model, "nomogram/logistic"]
+    names = [comparison.best_model, comparison.shipped_result().name, "nomogram/logistic"]
     assert list(summary["calibration"]) == list(dict.fromkeys(names))
     for name, entry in summary["calibration"].items():
-        p = comparison.results[name].test_probability
+        result = comparison.results[name]
+        p = result.test_probability
+        if result.calibration is None:  # the nomogram serves its own logistic probability
+            assert entry["calibration"] is None
+        else:  # before / after the calibrator, with Wald intervals around the recomputed fits
+            for when, probability in (("before", result.test_probability_uncalibrated), ("after", p)):
+                fit = calibration_intercept_slope(y, probability, clip=entry["calibration"][when]["clip"])
+                got = entry["calibration"][when]
+                assert (got["intercept"], got["slope"]) == (pytest.approx(fit.intercept), pytest.approx(fit.slope))
+                assert got["slope_ci"] == pytest.approx([fit.slope - 1.959964 * fit.slope_se,
+                                                         fit.slope + 1.959964 * fit.slope_se], abs=1e-5)
+                assert got["hosmer_lemeshow"]["p_value"] == pytest.approx(hosmer_lemeshow_test(y, probability).p_value)
+            assert entry["calibration"]["method"] == result.calibration.method
         expected_curve = calibration_curve(y, p, n_bins=10)
         assert pd.DataFrame(entry["curve"])["observed_rate"].tolist() == pytest.approx(
             expected_curve["observed_rate"].tolist())

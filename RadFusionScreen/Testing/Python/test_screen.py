@@ -48,6 +48,14 @@ def test_screen_reproduces_the_bundles_recorded_test_predictions(screener, busi_
         assert result.probability == pytest.approx(case.recorded, abs=1e-9), case.case_id
         assert result.decision == (result.probability >= screener.bundle.threshold)
         assert result.risk_class == ("high" if result.decision else "low")
+        calibrator = screener.bundle.calibrator
+        uncalibrated = [w for w in result.warnings if w.startswith("not calibrated: the bundle stores no probability")]
+        if calibrator is None:  # a bundle written before calibrated bundles: served uncalibrated, and it says so
+            assert result.uncalibrated_probability == result.probability and result.calibration["method"] is None
+            assert uncalibrated and "calibration none: the bundle stores no" in result.summary_text()
+        else:
+            assert result.probability == pytest.approx(calibrator.apply([result.uncalibrated_probability])[0])
+            assert not uncalibrated and result.calibration["method"] == calibrator.method
 
 
 def test_nomogram_breakdown_is_consistent_with_the_bundle(screener, busi_test_cases):

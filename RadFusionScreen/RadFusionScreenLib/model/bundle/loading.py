@@ -4,8 +4,11 @@
 a manifest edited outside the engine (its digest no longer matches ``bundle.lock.json``), a
 bundle that claims a shipped name with another digest, a listed file that is missing or whose
 SHA-256 differs, an unlisted file, a signature that does not verify, and a manifest that names
-arrays the weights lack (:mod:`.trust` has the digest, lock, pins and signatures). It never
-calls pickle, ``torch.load`` or ``np.load``, and never imports scikit-learn.
+arrays the weights lack (:mod:`.trust` has the digest, lock, pins and signatures), and a
+probability calibration that is not a valid calibrator (:meth:`.calibration.Calibrator.from_dict`).
+A bundle written before calibrated bundles (no ``calibration`` in its primary model) loads
+uncalibrated, and says so in :attr:`Bundle.warnings`. It never calls pickle, ``torch.load`` or
+``np.load``, and never imports scikit-learn.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from RadFusionScreenLib.model.bundle.layout import ENGINE_FILES, FORMAT, FORMAT_
     WEIGHTS
 from RadFusionScreenLib.model.bundle.trust import Provenance, check_lock, check_pinned, environment_warnings, \
     file_sha256, verify_signature
+from RadFusionScreenLib.model.calibration import Calibrator
 from RadFusionScreenLib.stats import Nomogram
+
+
+UNCALIBRATED = ("not calibrated: the bundle stores no probability calibration (it was written before bundles "
+                "were calibrated), so its probability is the classifier's raw output")
+UNCALIBRATED_WARNING = (f"{UNCALIBRATED}, which may be far from the observed risk: read it as a ranking against "
+                        "the decision threshold; re-export the bundle (radfusion train) to calibrate it")
 
 
 @dataclass
@@ -42,6 +52,8 @@ class Bundle:
     digest: str = ""  # SHA-256 over the canonical manifest, which lists every file's SHA-256
     provenance: Provenance = Provenance("unsigned")
     warnings: list[str] = field(default_factory=list)  # software differences that can change its inputs
+    calibrator: Calibrator | None = None  # None: an older bundle, its probability is the classifier's own
+    calibration: dict[str, Any] | None = None  # the manifest's record: calibrator, its choice, test set before/after
 
     @property
     def required_columns(self) -> list[str]:
@@ -57,9 +69,11 @@ class Bundle:
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Probability and decision (probability >= threshold), scores, nomogram points and risk."""
         result = pd.DataFrame(index=frame.index)
-        result["probability"] = self.model.predict_proba(frame)
+        raw = self.model.predict_proba(frame)
+        result["probability"] = raw if self.calibrator is None else self.calibrator.apply(raw)
         decision = pd.array(result["probability"] >= self.threshold, dtype="Int64")
         result["decision"] = decision if np.isfinite(self.threshold) else pd.array([pd.NA] * len(frame), dtype="Int64")
+        result["uncalibrated_probability"] = raw
         for name, model in self.score_models.items():
             result[name] = model.linear_predictor(frame)
         if self.nomogram is not None:
@@ -68,6 +82,19 @@ class Bundle:
                 label = column if column in ("total_points", "linear_predictor", "probability") else f"points_{column}"
                 result[f"nomogram_{label}"] = points[column].to_numpy()
         return result
+
+    def calibration_summary(self) -> dict[str, Any]:
+        """What a screen result says about its probability's calibration: the method, and the
+        internal test set's calibration before and after it as the bundle recorded it."""
+        if self.calibrator is None:
+            return {"method": None, "calibrated": False, "description": UNCALIBRATED, "test_set": None,
+                    "raw_threshold": _finite_or_none(self.threshold)}
+        record = self.calibration or {}
+        return {"method": self.calibrator.method, "calibrated": self.calibrator.method != "none",
+                "description": self.calibrator.describe(),
+                "fitted_on": (record.get("selection") or {}).get("fitted_on"), "test_set": record.get("test_set"),
+                # the decision threshold on the classifier's own scale (where a SHAP waterfall draws it)
+                "raw_threshold": _finite_or_none(self.calibrator.raw_threshold(self.threshold))}
 
     def _nomogram_input(self, frame: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
         data = pd.DataFrame(index=frame.index)
@@ -85,6 +112,10 @@ class Bundle:
                 values = values.astype(object).where(values.notna(), self.clinical_fill[name])
             data[name] = values
         return data
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -105,15 +136,18 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         nomogram_entry = manifest.get("nomogram")
         nomogram = None if nomogram_entry is None else Nomogram.from_dict(nomogram_entry["model"])
         threshold = manifest["decision_threshold"]
+        calibration = manifest["models"]["primary"].get("calibration")
+        calibrator = None if calibration is None else Calibrator.from_dict(calibration["calibrator"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise BundleError(f"{folder / MANIFEST} is incomplete: {exc!r}") from None
     except BundleError:
         raise
     except InputError as exc:
         raise BundleError(f"{folder / MANIFEST}: {exc}") from None
+    warnings = environment_warnings(manifest) + ([UNCALIBRATED_WARNING] if calibrator is None else [])
     return Bundle(folder, manifest, primary, models, nomogram, float("nan") if threshold is None else float(threshold),
-                  dict((nomogram_entry or {}).get("clinical_fill") or {}), digest, provenance,
-                  environment_warnings(manifest))
+                  dict((nomogram_entry or {}).get("clinical_fill") or {}), digest, provenance, warnings,
+                  calibrator, calibration)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

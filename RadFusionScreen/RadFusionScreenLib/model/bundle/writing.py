@@ -27,6 +27,7 @@ from RadFusionScreenLib.model.bundle.export import export_pipeline
 from RadFusionScreenLib.model.bundle.layout import FORMAT, FORMAT_VERSION, LOCK, MANIFEST, MODEL_CARD, WEIGHTS
 from RadFusionScreenLib.model.bundle.loading import read_manifest, verified_files
 from RadFusionScreenLib.model.bundle.trust import check_lock, file_sha256, lock_bytes
+from RadFusionScreenLib.model.calibration import calibration_metrics
 from RadFusionScreenLib.model.roles import NOMOGRAM_RESULT, SCORE_FEATURE_SETS
 
 
@@ -49,7 +50,7 @@ def write_bundle(
     primary = _primary_result(comparison, feature_set, classifier)
     arrays: dict[str, np.ndarray] = {}
     files: dict[str, bytes] = {}
-    models = {"primary": _model_entry(primary, "primary", arrays, files)}
+    models = {"primary": _model_entry(primary, "primary", arrays, files) | _calibration_entry(primary, comparison)}
     for score, result in _score_results(comparison).items():
         models[score] = _model_entry(result, score, arrays, files)
     manifest = {
@@ -96,6 +97,23 @@ def _model_entry(result: Any, prefix: str, arrays: dict[str, np.ndarray], files:
     files.update(model_files)
     return {"result": result.name, "feature_set": result.feature_set, "classifier": result.classifier,
             "best_params": result.best_params, "threshold": result.threshold, "metrics": result.row(), "spec": spec}
+
+
+def _calibration_entry(result: Any, comparison: Any) -> dict[str, Any]:
+    """The primary model's probability calibration (:mod:`..calibration`): the calibrator as plain
+    numbers, how it was chosen, and the test set's calibration before and after it. A model
+    without one (the nomogram serves its own probability) gets no entry."""
+    selection = getattr(result, "calibration", None)
+    if selection is None:
+        return {}
+    record: dict[str, Any] = {"calibrator": selection.calibrator.to_dict(), "selection": selection.to_dict(),
+                              "threshold_rule": "Youden on the calibrated training out-of-fold probabilities",
+                              "test_set": None}
+    raw, y_test = getattr(result, "test_probability_uncalibrated", None), comparison.y_test
+    if raw is not None and y_test is not None and result.test_probability is not None:
+        record["test_set"] = {"before": calibration_metrics(y_test, raw),
+                              "after": calibration_metrics(y_test, result.test_probability)}
+    return {"calibration": record}
 
 
 def _nomogram_entry(comparison: Any) -> dict[str, Any] | None:

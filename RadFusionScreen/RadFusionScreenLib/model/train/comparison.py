@@ -16,10 +16,13 @@ How the numbers are obtained (:func:`compare_models`):
   (``inner_best_scores`` per outer fold; ``grid_best_auc_optimistic`` of the final search in
   the summary) is kept for reference only: it is a maximum over candidates, so optimistic.
   A grid with a single candidate is fitted directly (no inner CV is needed to choose it).
-- The final model is the grid search refitted on the whole training set; the threshold is
-  Youden's on the training *out-of-fold* probabilities (never on test data); the test set
-  gives AUC with DeLong and bootstrap CIs and sensitivity / specificity / PPV / NPV at that
-  threshold (:mod:`.stats`).
+- The final model is the grid search refitted on the whole training set; its probability
+  is calibrated by a map (none, Platt or isotonic) chosen by nested CV on the training
+  *out-of-fold* probabilities and fitted on them (:mod:`..calibration`); the threshold is
+  Youden's on the calibrated training out-of-fold probabilities (never on test data); the
+  test set gives AUC with DeLong and bootstrap CIs and sensitivity / specificity / PPV / NPV
+  at that threshold of the calibrated probability (:mod:`.stats`). The nomogram keeps its
+  own (logistic) probability.
 - ``best_model`` is the one with the highest ``cv_auc_mean``; the test set never chooses.
 - Rad-score / deep-score: the linear predictor (logit) of the radiomic-only and deep-only
   LASSO + logistic-regression models, out-of-fold on the training set and from the final

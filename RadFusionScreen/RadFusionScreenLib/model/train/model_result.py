@@ -1,5 +1,15 @@
-"""One model's evaluation: nested CV on the training set, the final fit, the Youden threshold
-from out-of-fold predictions, then the untouched test set (a :class:`ModelResult`)."""
+"""One model's evaluation: nested CV on the training set, the final fit, the probability
+calibration and the Youden threshold from out-of-fold predictions, then the untouched test set
+(a :class:`ModelResult`).
+
+Calibration (:mod:`RadFusionScreenLib.model.calibration`): the method (none, Platt, isotonic)
+is chosen and fitted on the training set's out-of-fold probabilities only, with inner folds
+grouped as the outer ones. The threshold is Youden's on the *calibrated* out-of-fold
+probabilities (the calibrator fitted on all of them, applied to them), so it is on the scale
+of the probability a user sees; ``test_probability`` is the calibrated test probability (what a
+bundle serves, the one every test figure describes) and ``test_probability_uncalibrated`` the
+classifier's own output.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +22,7 @@ import pandas as pd
 from sklearn.base import clone
 
 from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.model.calibration import CalibrationSelection, select_calibrator
 from RadFusionScreenLib.model.fit_cache import FitCache
 from RadFusionScreenLib.model.roles import CANDIDATE
 from RadFusionScreenLib.model.train.cross_validation import (CrossValidatedPredictions, cross_validated_predictions,
@@ -31,7 +42,7 @@ class ModelResult:
     feature_set: str
     classifier: str
     cv: CrossValidatedPredictions
-    threshold: float  # Youden on training out-of-fold probabilities
+    threshold: float  # Youden on training out-of-fold probabilities (calibrated when a calibration was fitted)
     model: Any  # the final fitted model (pipeline, grid search or Nomogram)
     selected_features: list[str]
     best_params: dict[str, Any]
@@ -42,6 +53,8 @@ class ModelResult:
     test_metrics: ThresholdMetrics | None = None
     remarks: list[str] = field(default_factory=list)  # fallbacks used for this model (e.g. Firth's fit)
     role: str = CANDIDATE  # roles.CANDIDATE, SCORE_ONLY (makes a rad/deep score only) or NOMOGRAM
+    calibration: CalibrationSelection | None = None  # None: the probability is the model's own (nomogram)
+    test_probability_uncalibrated: np.ndarray | None = None  # the classifier's output before calibration
 
     @property
     def cv_auc_mean(self) -> float:
@@ -63,6 +76,7 @@ class ModelResult:
             # the final grid search's best inner score: a maximum over candidates, optimistic
             "grid_best_auc_optimistic": float(getattr(self.model, "best_score_", np.nan)),
             "threshold": self.threshold, "n_features": len(self.selected_features), "seconds": self.seconds,
+            "calibration": None if self.calibration is None else self.calibration.method,
         }
         if self.test_auc_delong is not None:
             row.update(test_auc=self.test_auc_delong.auc,
@@ -111,14 +125,19 @@ def evaluate_model(context: EvaluationContext, feature_set: str, classifier: str
                                      context.n_jobs, lambda line: context.log(f"{name}: {line}"))
     context.log(f"{name}: final fit on the training set")
     final = fit_model(clone(search), context.train, context.y_train, context.groups)
+    calibration = select_calibrator(cv.probability, context.y_train, context.groups, context.inner_cv.n_splits,
+                                    context.settings.random_state)
+    context.log(f"{name}: calibration {calibration.calibrator.describe()}")
     result = ModelResult(
         name=name, feature_set=feature_set, classifier=classifier, cv=cv,
-        threshold=training_threshold(context.y_train, cv.probability), model=final,
+        threshold=training_threshold(context.y_train, calibration.apply(cv.probability)), model=final,
         selected_features=selected_feature_names(final), best_params=getattr(final, "best_params_", {}),
-        seconds=0.0,
+        seconds=0.0, remarks=[f"calibration: {remark}" for remark in calibration.remarks], calibration=calibration,
     )
     if context.test is not None:
-        score_test_set(result, predict_probability(final, context.test), context)
+        raw = predict_probability(final, context.test)
+        result.test_probability_uncalibrated = raw
+        score_test_set(result, calibration.apply(raw), context)
     result.seconds = time.perf_counter() - started
     return result
 
