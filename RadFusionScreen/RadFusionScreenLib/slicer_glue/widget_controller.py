@@ -327,9 +327,12 @@ class WidgetController:
         self.ui.riskClassLabel.text = _("{risk} risk").format(risk=node.riskClass.upper())
         colour = "#c0392b" if node.riskClass == "high" else "#27ae60"
         self.ui.riskClassLabel.setStyleSheet(f"color: {colour}; font-size: 20pt; font-weight: bold;")
+        from RadFusionScreenLib.serving.screening import calibration_line  # a result exists: packages are in
+
         self.ui.thresholdLabel.text = _("Fused model's probability; decision threshold {threshold:.3f} "
-                                        "(model {model})").format(threshold=result["threshold"],
-                                                                  model=result["model"].get("name"))
+                                        "(model {model})\nCalibration: {calibration}").format(
+            threshold=result["threshold"], model=result["model"].get("name"),
+            calibration=calibration_line(result.get("calibration"), result.get("uncalibrated_probability")))
         self.ui.warningsLabel.text = "\n".join(f"⚠ {w}" for w in result.get("warnings", []))
         self.ui.reasonsLabel.text = reasonsText(result)
         self.ui.nomogramTableView.setMRMLTableNode(node.nomogramTable)

@@ -259,6 +259,8 @@ def test_analyze_runs_the_warm_engine_as_slicer_does_and_fills_the_scene(panel, 
     assert node.probability == pytest.approx(expected, abs=1e-9)
     assert json.loads(node.resultJson)["probability"] == node.probability
     assert node.heatmapVolume is not None and node.featureTable.GetNumberOfRows() > 0
+    calibration = str(controller.ui.thresholdLabel.text).split("Calibration: ")[1]
+    assert calibration and calibration != "not recorded", "the panel says how well the probability is calibrated"
 
     count = scene.GetNumberOfNodes()
     _analyze(controller)  # the second click: same engine process, outputs replaced
