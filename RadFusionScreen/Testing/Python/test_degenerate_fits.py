@@ -127,3 +127,17 @@ def test_when_no_model_can_be_built_the_error_says_why():
     with pytest.raises(InputError, match="no model could be built: .*model radiomic/lr not built: every feature is constant"):
         compare_models(split.train, split.test, columns=columns_of(table), feature_sets=("radiomic",),
                        nomogram=False, **QUICK)
+
+
+def test_a_text_clinical_column_not_declared_categorical_is_a_clear_error():
+    """Before: a pandas TypeError from the nomogram's fill values; now the engine says what to do."""
+    table = separable_cohort()
+    table["smoker"] = np.where(np.arange(len(table)) % 3 == 0, "yes", "no")
+    split = split_cohort(table, test_size=0.3, seed=0, stratify="label")
+    columns = FeatureColumns(radiomic=columns_of(table).radiomic, deep=columns_of(table).deep, clinical=("smoker",))
+    with pytest.raises(InputError, match=r"clinical column\(s\) \['smoker'\] hold non-numeric values: declare them "
+                                         r"categorical \(--categorical smoker\)"):
+        compare_models(split.train, split.test, columns=columns, **QUICK)
+    comparison = compare_models(split.train, split.test, columns=columns, categorical_columns=("smoker",),
+                                feature_sets=("clinical",), **QUICK)
+    assert comparison.nomogram is not None and "smoker" in comparison.clinical_fill

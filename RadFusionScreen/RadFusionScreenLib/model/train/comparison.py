@@ -183,6 +183,7 @@ def _compare(train, test, columns, label_column, group_column, feature_sets, cla
              settings, grid, outer_folds, inner_folds, n_boot, nomogram, n_jobs, progress, memory) -> ModelComparison:
     log = progress or (lambda message: None)
     columns = columns or infer_feature_columns(train)
+    _check_clinical_types(train, columns.clinical, categorical_columns)
     settings, notes = _resolve_harmonization(settings, train, test)
     site = settings.site_column if settings.harmonize else None
     context = EvaluationContext(
@@ -208,6 +209,14 @@ def _compare(train, test, columns, label_column, group_column, feature_sets, cla
     return ModelComparison(results, best, context.y_train, context.y_test, scores_train, scores_test,
                            fitted_nomogram, settings, notes, score_models,
                            clinical_fill_values(train, list(columns.clinical), categorical), failed)
+
+
+def _check_clinical_types(train: pd.DataFrame, clinical: Sequence[str], categorical: Sequence[str]) -> None:
+    """A clinical column holding text must be declared categorical (it has levels, not a median)."""
+    text = [c for c in clinical if c not in categorical and not pd.api.types.is_numeric_dtype(train[c])]
+    if text:
+        raise InputError(f"clinical column(s) {text} hold non-numeric values: declare them categorical "
+                         f"(--categorical {','.join(text)}) or make them numbers")
 
 
 def _forget_cache(comparison: ModelComparison) -> None:
