@@ -19,7 +19,9 @@ from RadFusionScreenLib.features.radiomic import scoped_classes as radiomic_fast
 from RadFusionScreenLib.features.radiomic import native_calls as radiomic_nogil
 from RadFusionScreenLib.inputs.images import read_image, read_mask
 from RadFusionScreenLib.features.radiomic import RadiomicExtractor, default_params_path
+from RadFusionScreenLib.features.radiomic.native_calls import reading
 from RadFusionScreenLib.features.radiomic.scoped_classes import ScopedFeatureExtractor
+from RadFusionScreenLib.features.radiomic.thin_volumes import IMAGE_OPERATIONS
 from test_radiomic import ct_like
 
 ALL_CLASSES = {"shape": None, "firstorder": None, "glcm": None, "glrlm": None, "glszm": None, "gldm": None,
@@ -185,9 +187,15 @@ def test_pyradiomics_itself_is_untouched():
         assert fast.getFeatureNames() == classes[name].getFeatureNames()
 
 
+class _StockWithThinLog(RadiomicsFeatureExtractor):
+    """pyradiomics' own extractor and classes; LoG images as the engine makes them on a thin axis."""
+
+    execute = reading(RadiomicsFeatureExtractor.execute, imageoperations=IMAGE_OPERATIONS)
+
+
 def with_stock_classes(extractor: RadiomicExtractor) -> RadiomicExtractor:
     """The same engine (crop, resampling, thin-volume treatments), pyradiomics' own classes, one thread."""
-    extractor._inner = RadiomicsFeatureExtractor(extractor._inner_params)
+    extractor._inner = _StockWithThinLog(extractor._inner_params)
     extractor.threads = 1
     return extractor
 

@@ -150,8 +150,9 @@ def test_thin_volumes_are_bit_identical_in_fresh_processes_and_workers(tmp_path)
 
 
 def test_a_one_slice_volume_gets_empty_log_features_with_the_reason(tmp_path):
-    """A 3D LoG needs >= 4 voxels per axis: pyradiomics skips it and its columns would be missing
-    from this row only; here they are NaN, in pyradiomics' column order, with a note."""
+    """pyradiomics' own rule (ceil(sigma / spacing) + 1 voxels per axis) skips every LoG sigma on a
+    one-slice volume and its columns would be missing from this row only; here they are NaN, in
+    pyradiomics' column order, with a note."""
     extractor = CaseFeatureExtractor(CT_RADIOMICS)
     one = extractor.extract(*thin_case(1))
     three = extractor.extract(*thin_case(3))
@@ -160,12 +161,12 @@ def test_a_one_slice_volume_gets_empty_log_features_with_the_reason(tmp_path):
     assert len(log_columns) == 3 * 93
     assert all(np.isnan(one.radiomic[c]) for c in log_columns)
     assert not any(np.isnan(v) for c, v in one.radiomic.items() if c not in log_columns)
-    assert one.metadata["radiomics_notes"].count("a 3D LoG needs at least 4 on every axis") == 3
+    assert one.metadata["radiomics_notes"].count("is smaller than this sigma needs") == 3
     image, mask = write_case(tmp_path, "one", *thin_case(1))
     out = tmp_path / "one.csv"
     assert main(["features", str(image), str(mask), "--no-deep", "--modality", "CT", "-o", str(out)]) == 0
     row = pd.read_csv(out).iloc[0]
-    assert "log-sigma-3-0-mm-3D: the image on the extraction grid is" in row["radiomics_notes"]
+    assert "log-sigma-3-0-mm-3D: the image on the extraction grid (" in row["radiomics_notes"]
     assert np.isnan(row["log-sigma-1-0-mm-3D_firstorder_Mean"])
 
 

@@ -14,8 +14,9 @@ resampling interpolator) needs, so that the features equal those of an uncropped
 * without resampling, image and mask are cropped by the filter margin (see
   :func:`.roi_crop.crop_margin`).
 
-Thin volumes get two documented, deterministic treatments (``RadiomicExtractor.execute_case``
-returns a note for each; ``features`` writes them to the ``radiomics_notes`` column):
+Thin volumes get documented, deterministic treatments (``RadiomicExtractor.execute_case``
+returns a note for each; ``features`` writes them to the ``radiomics_notes`` column; the table of
+docs/radiomics.md "Thin crops, tiny ROIs, flat intensities" lists them with the input errors):
 
 * **B-spline resampling of an axis of 2 voxels** (e.g. a 2-slice CT crop): ITK's
   ``BSplineInterpolateImageFunction`` mirrors an out-of-range support index only once, which
@@ -25,10 +26,14 @@ returns a note for each; ``features`` writes them to the ``radiomics_notes`` col
   boundary rule (whole-sample mirror, numpy ``reflect``) far enough for the spline's
   prefilter (:data:`.roi_crop._IIR_INTERPOLATOR_MARGIN`); on axes of >= 3 voxels that extension gives
   bit-identical values to ITK's (tested), so it gives the value ITK intends.
-* **A LoG sigma the image on the extraction grid is too small for** (fewer than 4 voxels on an
-  axis, e.g. a one-slice volume, or fewer than ceil(sigma / spacing) + 1): pyradiomics skips it
-  with a log line and its features would be missing from some rows; here they are NaN, with
-  the reason.
+* **LoG on an axis of 1-3 voxels** (2 slices of 1.25 mm are 3 voxels at 1 mm): ITK's recursive
+  filter needs 4, so pyradiomics skips every sigma. Its boundary rule is a constant signal beyond
+  the border, and repeating the edge voxels changes no bit of its LoG where it runs (tested), so
+  such an axis is extended that way, filtered by pyradiomics' own function and cropped back
+  (:func:`.thin_volumes.log_images`).
+* **A LoG sigma pyradiomics' own rule refuses** (fewer than ceil(sigma / spacing) + 1 voxels on
+  an axis, e.g. every sigma on a one-slice volume): pyradiomics skips it with a log line and its
+  features would be missing from some rows; here they are NaN, with the reason.
 
 Features come back by pyradiomics name (``original_firstorder_Mean``), diagnostics dropped.
 pyradiomics' own log lines are silenced only while our calls run (:mod:`.quiet_logs`).
@@ -48,13 +53,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from RadFusionScreenLib.core.errors import InputError
-from RadFusionScreenLib.features.radiomic.input_checks import (_as_volumes, _check_not_constant, _check_roi_size,
-                                                               _label_bbox, _translate_error, _widen_small_integers)
+from RadFusionScreenLib.features.radiomic.input_checks import (_as_volumes, _check_extraction_roi, _check_finite,
+                                                               _check_not_constant, _check_roi_size, _label_bbox,
+                                                               _translate_error, _widen_small_integers)
 from RadFusionScreenLib.features.radiomic.parallel import _execute_part, _part_cost, _worth_threads
 from RadFusionScreenLib.features.radiomic.params import _canonical_json, _load_params, default_params_path, split_params
 from RadFusionScreenLib.features.radiomic.quiet_logs import quiet_pyradiomics
 from RadFusionScreenLib.features.radiomic.roi_crop import _crop, _grow, _resample_margin, crop_margin
-from RadFusionScreenLib.features.radiomic.thin_volumes import _resample, _with_empty_images, skipped_log_images
+from RadFusionScreenLib.features.radiomic.thin_volumes import (_resample, _with_empty_images, extended_log_note,
+                                                               skipped_log_images)
 
 
 class RadiomicExtractor:
@@ -137,15 +144,21 @@ class RadiomicExtractor:
             label = int(self._reference.settings.get("label", 1))
             bbox = _label_bbox(mask, label)  # raises MaskError when empty / one voxel
             _check_roi_size(bbox, image.GetSpacing(), self._reference.settings)
+            _check_finite(image, mask, label)
             if self._reference.settings.get("normalize", False):
                 _check_not_constant(image)
             notes: list[str] = []
             # correctMask resamples a mask on another grid onto the image: that needs the whole mask.
             if crop and not self._reference.settings.get("correctMask", False):
+                original_mask = mask
                 image, mask, extractor = self._preprocess(image, mask, bbox, notes)
+                _check_extraction_roi(mask, original_mask, label, self._reference.settings)
+                extended = extended_log_note(self._reference.enabledImagetypes, self._reference.settings, image)
+                notes += [extended] if extended else []
             else:
                 extractor = self._reference
-            skipped = skipped_log_images(self._reference.enabledImagetypes, self._reference.settings, image)
+            skipped = skipped_log_images(self._reference.enabledImagetypes, self._reference.settings, image,
+                                         extend_thin_axes=extractor is self._inner)
             notes += [f"{name}: {why}; its features are empty (NaN)" for name, why in skipped.items()]
             try:
                 # one-slice pictures take ~0.2 s: shipping them to workers or threads costs more than it saves
@@ -155,8 +168,8 @@ class RadiomicExtractor:
                     result = self._execute_in_threads(image, mask)
                 else:
                     result = extractor.execute(image, mask)
-            except ValueError as exc:
-                raise _translate_error(exc, label) from exc
+            except (ValueError, IndexError) as exc:
+                raise _translate_error(exc, label, "x".join(map(str, image.GetSize()))) from exc
             # .real: glcm MCC comes back as a complex number with zero imaginary part (numbers and
             # numpy values all have .real; np.real would cost a function call per feature).
             features = {name: float(value.real) for name, value in result.items()

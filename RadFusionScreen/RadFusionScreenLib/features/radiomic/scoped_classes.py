@@ -46,7 +46,9 @@ import SimpleITK as sitk
 from radiomics import (featureextractor, firstorder, getFeatureClasses, glcm, gldm, glrlm, glszm, imageoperations,
                        ngtdm, shape)
 
+from RadFusionScreenLib.features.radiomic.input_checks import check_gray_levels
 from RadFusionScreenLib.features.radiomic.native_calls import CMATRICES, CSHAPE, reading
+from RadFusionScreenLib.features.radiomic.thin_volumes import IMAGE_OPERATIONS
 
 _FEATURE_NAMES: dict[type, dict[str, bool]] = {}
 
@@ -59,16 +61,22 @@ class ImageInputs:
     read-only, so no class can change another's input.
     """
 
-    def __init__(self, image: sitk.Image, mask: sitk.Image, settings: Mapping[str, Any]) -> None:
+    def __init__(self, image: sitk.Image, mask: sitk.Image, settings: Mapping[str, Any], name: str = "") -> None:
         self.settings = dict(settings)
         self.mask_array = _read_only(sitk.GetArrayFromImage(mask) == self.settings.get("label", 1))
         self._image = image
+        self._name = name
         self._binned: tuple[numpy.ndarray, numpy.ndarray, int] | None = None
 
     def binned(self) -> tuple[numpy.ndarray, numpy.ndarray, int]:
-        """pyradiomics' ``_applyBinning``: (discretised image, gray levels in the ROI, their maximum)."""
+        """pyradiomics' ``_applyBinning``: (discretised image, gray levels in the ROI, their maximum).
+
+        Raises InputError when the texture matrices would need more grey levels than
+        :func:`.input_checks.max_gray_levels` (their size grows with its square)."""
         if self._binned is None:
-            matrix, _ = bin_image(sitk.GetArrayFromImage(self._image), self.mask_array, **self.settings)
+            image = sitk.GetArrayFromImage(self._image)
+            matrix, _ = bin_image(image, self.mask_array, **self.settings)
+            check_gray_levels(int(matrix.max(initial=0)), image[self.mask_array], self._name, self.settings)
             gray_levels = numpy.unique(matrix[self.mask_array])
             self._binned = (_read_only(matrix), gray_levels, int(numpy.max(gray_levels)))
         return self._binned
@@ -345,13 +353,15 @@ class ScopedFeatureExtractor(featureextractor.RadiomicsFeatureExtractor):
 
     # pyradiomics' computeShape, taking the shape class from our table
     computeShape = reading(featureextractor.RadiomicsFeatureExtractor.computeShape, getFeatureClasses=_with_fast_shape)
+    # pyradiomics' execute, its LoG images also on an axis of < 4 voxels (thin_volumes.log_images)
+    execute = reading(featureextractor.RadiomicsFeatureExtractor.execute, imageoperations=IMAGE_OPERATIONS)
 
     def computeFeatures(self, image: sitk.Image, mask: sitk.Image, imageTypeName: str,  # noqa: N802, N803
                         **kwargs: Any) -> collections.OrderedDict:
         """pyradiomics' ``computeFeatures`` loop, with one :class:`ImageInputs` for all classes."""
         if kwargs.get("voxelBased", False):
             return super().computeFeatures(image, mask, imageTypeName, **kwargs)
-        inputs = ImageInputs(image, mask, kwargs)
+        inputs = ImageInputs(image, mask, kwargs, imageTypeName)
         stock = getFeatureClasses()
         featureVector: collections.OrderedDict = collections.OrderedDict()  # noqa: N806
         for class_name, feature_names in self.enabledFeatures.items():

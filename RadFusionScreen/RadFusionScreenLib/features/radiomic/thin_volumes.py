@@ -1,12 +1,15 @@
-"""The two thin-volume treatments of :class:`.extractor.RadiomicExtractor` (the module doc there
+"""The thin-volume treatments of :class:`.extractor.RadiomicExtractor` (the module doc there
 says why): B-spline resampling of an axis too short for ITK's mirror, extended by that same
-mirror first (:func:`_resample`), and LoG images pyradiomics skips on a small grid, whose
-features become NaN with the reason (:func:`skipped_log_images`, :func:`_with_empty_images`).
+mirror first (:func:`_resample`); LoG on an axis of 1-3 voxels, which ITK's recursive filter
+refuses, computed on the axis extended by ITK's own boundary rule (:func:`log_images`, used by
+our extractor class through :data:`IMAGE_OPERATIONS`); and LoG sigmas pyradiomics' own size
+rule skips, whose features become NaN with the reason (:func:`skipped_log_images`,
+:func:`_with_empty_images`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -94,9 +97,96 @@ def log_image_name(sigma: Any) -> str:
     return "log-sigma-%s-mm-3D" % str(sigma).replace(".", "-")
 
 
+#: Fewest voxels per axis ITK's recursive Gaussian filters take (their 4th-order recursion is
+#: started from the first 4 samples); pyradiomics skips every LoG image below it.
+ITK_RECURSIVE_MIN_VOXELS = 4
+
+
+def _log_sigma_fits(sigma: Any, size: np.ndarray, spacing: np.ndarray) -> bool:
+    """pyradiomics' own rule for one LoG sigma: ceil(sigma / spacing) + 1 voxels on every axis."""
+    return bool(np.all(size >= np.ceil(float(sigma) / spacing) + 1))
+
+
+def log_images(inputImage: sitk.Image, inputMask: sitk.Image,  # noqa: N803 (pyradiomics' names)
+               **kwargs: Any) -> Iterator[tuple[sitk.Image, str, Any]]:
+    """pyradiomics' ``imageoperations.getLoGImage``, also on images with an axis of 1-3 voxels.
+
+    ITK's ``LaplacianRecursiveGaussianImageFilter`` needs 4 voxels per axis, so pyradiomics skips
+    every sigma on such an image (a 2-slice CT crop of 1.25 mm slices is 3 voxels thick at 1 mm).
+    The filter's boundary rule is a constant signal beyond the border (its recursion is started
+    with the edge value "from the border to infinity"), so on an axis of >= 4 voxels repeating the
+    edge voxels (numpy ``edge``) by any width gives bit-identical values (tested). Here a short
+    axis is extended that way to 4 voxels, pyradiomics' own function filters it and the result is
+    cropped back to the input grid: the LoG ITK's rule defines, computed by ITK. pyradiomics' own
+    rule for each sigma (ceil(sigma / spacing) + 1 voxels per axis) is kept, on the input's size,
+    so a sigma too wide for the image stays skipped (its features NaN, see :func:`skipped_log_images`).
+    Images of >= 4 voxels on every axis go to pyradiomics' function unchanged.
+    """
+    from radiomics import imageoperations
+
+    size = np.asarray(inputImage.GetSize())
+    if size.min() >= ITK_RECURSIVE_MIN_VOXELS:
+        yield from imageoperations.getLoGImage(inputImage, inputMask, **kwargs)
+        return
+    spacing = np.asarray(inputImage.GetSpacing(), dtype=float)
+    sigmas = [s for s in kwargs.get("sigma", []) or [] if s > 0.0 and _log_sigma_fits(s, size, spacing)]
+    if not sigmas:
+        return
+    before = [(ITK_RECURSIVE_MIN_VOXELS - n) // 2 if n < ITK_RECURSIVE_MIN_VOXELS else 0 for n in size]
+    after = [ITK_RECURSIVE_MIN_VOXELS - n - b if n < ITK_RECURSIVE_MIN_VOXELS else 0 for n, b in zip(size, before)]
+    extended = _edge_extended(inputImage, before, after)
+    for image, name, _ in imageoperations.getLoGImage(extended, inputMask, **{**kwargs, "sigma": sigmas}):
+        yield image[tuple(slice(b, b + int(n)) for b, n in zip(before, size))], name, kwargs
+
+
+def _edge_extended(image: sitk.Image, before: list[int], after: list[int]) -> sitk.Image:
+    """``image`` with ``before`` / ``after`` voxels (x, y, z order) of its edge values added per axis."""
+    widths = list(zip(before, after))[::-1]  # numpy order z, y, x
+    extended = sitk.GetImageFromArray(np.pad(sitk.GetArrayFromImage(image), widths, mode="edge"))
+    extended.SetSpacing(image.GetSpacing())
+    extended.SetDirection(image.GetDirection())
+    extended.SetOrigin(image.TransformContinuousIndexToPhysicalPoint([-float(b) for b in before]))
+    return extended
+
+
+class _ImageOperations:
+    """pyradiomics' ``imageoperations`` module as our extractor's ``execute`` sees it:
+    ``getLoGImage`` is :func:`log_images`, every other name is the module's own (looked up at
+    call time). The ``radiomics`` package itself is not changed."""
+
+    getLoGImage = staticmethod(log_images)  # noqa: N815 (pyradiomics' name)
+
+    def __getattr__(self, name: str) -> Any:
+        from radiomics import imageoperations
+
+        return getattr(imageoperations, name)
+
+
+IMAGE_OPERATIONS = _ImageOperations()
+
+
+def extended_log_note(image_types: Mapping[str, Any], settings: Mapping[str, Any], image: sitk.Image) -> str | None:
+    """The note for a LoG computed by :func:`log_images` on an extended axis (None when none is)."""
+    if "LoG" not in image_types:
+        return None
+    size = np.asarray(image.GetSize())
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    sigmas = {**settings, **(image_types["LoG"] or {})}.get("sigma", []) or []
+    computed = [s for s in sigmas if float(s) > 0 and _log_sigma_fits(s, size, spacing)]
+    if size.min() >= ITK_RECURSIVE_MIN_VOXELS or not computed:
+        return None
+    axes = ", ".join(f"{'xyz'[a]} ({int(size[a])} voxels)" for a in range(size.size)
+                     if size[a] < ITK_RECURSIVE_MIN_VOXELS)
+    return (f"LoG sigma {', '.join(f'{float(s):g}' for s in computed)} mm: axis {axes} of the extraction grid is "
+            f"shorter than ITK's recursive filter takes ({ITK_RECURSIVE_MIN_VOXELS}); computed on it extended by "
+            "repeating its edge voxels (ITK's own boundary rule), then cropped back")
+
+
 def skipped_log_images(image_types: Mapping[str, Any], settings: Mapping[str, Any],
-                       image: sitk.Image) -> dict[str, str]:
-    """LoG images pyradiomics will skip on this image (its own size rules), with the reason."""
+                       image: sitk.Image, extend_thin_axes: bool = True) -> dict[str, str]:
+    """LoG images that will be skipped on this image, with the reason: pyradiomics' sigma rule
+    (ceil(sigma / spacing) + 1 voxels per axis); with ``extend_thin_axes=False`` (plain
+    pyradiomics, without :func:`log_images`) also every sigma on an image of < 4 voxels on an axis."""
     if "LoG" not in image_types:
         return {}
     kwargs = {**settings, **(image_types["LoG"] or {})}
@@ -107,12 +197,14 @@ def skipped_log_images(image_types: Mapping[str, Any], settings: Mapping[str, An
     for sigma in kwargs.get("sigma", []) or []:
         if float(sigma) <= 0:
             continue
-        if size.min() < 4:
+        if not extend_thin_axes and size.min() < ITK_RECURSIVE_MIN_VOXELS:
             skipped[log_image_name(sigma)] = (f"the image on the extraction grid is {grid} voxels; a 3D LoG "
-                                              "needs at least 4 on every axis")
-        elif not np.all(size >= np.ceil(float(sigma) / spacing) + 1):
+                                              f"needs at least {ITK_RECURSIVE_MIN_VOXELS} on every axis")
+        elif not _log_sigma_fits(sigma, size, spacing):
+            needed = "x".join(str(int(v)) for v in np.ceil(float(sigma) / spacing) + 1)
             skipped[log_image_name(sigma)] = (f"the image on the extraction grid ({grid} voxels) is smaller than "
-                                              "this sigma needs (ceil(sigma / spacing) + 1 per axis)")
+                                              f"this sigma needs (ceil(sigma / spacing) + 1 per axis: {needed}, "
+                                              "pyradiomics' rule)")
     return skipped
 
 
