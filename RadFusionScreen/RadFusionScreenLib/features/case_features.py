@@ -21,8 +21,8 @@ from RadFusionScreenLib.core.errors import InputError
 MODALITIES = ("CT", "MR", "US")
 NAME_STYLES = ("pyradiomics", "ibsi")
 # Version of the thin-volume treatments of radiomic.thin_volumes (part of the cache key: cached rows made
-# before them are recomputed).
-THIN_VOLUME_RULES = 1
+# before them are recomputed). 2: LoG on extraction-grid axes of 1-3 voxels (edge extension).
+THIN_VOLUME_RULES = 2
 
 # DICOM modality codes that we map onto one of the shipped default parameter sets.
 _MODALITY_ALIASES = {"CT": "CT", "MR": "MR", "US": "US", "PT": "CT"}
