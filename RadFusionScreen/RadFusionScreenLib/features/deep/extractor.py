@@ -101,6 +101,7 @@ class DeepFeatureExtractor(ABC):
     target_layer_name: str = ""
     device: torch.device
     num_threads: int | None = None
+    fine_tuning: dict[str, Any] | None = None  # set on a fine-tuned copy (see .fine_tuning)
 
     def feature_names(self) -> list[str]:
         """Column names, e.g. ``deep_effnetl0_0000`` … ``deep_effnetl0_1279``."""
@@ -196,4 +197,16 @@ class Cnn2dExtractor(DeepFeatureExtractor):
             "resize": "bilinear, antialiased when downsampling",
             "slice_pooling": "mean",
             "orientation": "axial volumes reordered to LPS; other planes as stored",
+            **self._views_settings(),
         }
+
+    def _views_settings(self) -> dict[str, Any]:
+        """How a 3D image becomes rows of the batch (2.5D slices or orthogonal views)."""
+        if self.preprocessing.views != "orthogonal":
+            return {"views": "2.5d: largest ROI cross-section and its neighbours, axial slices"}
+        spacing = self.preprocessing.iso_spacing_mm
+        return {"views": "orthogonal: axial, coronal, sagittal planes (LPS, radiological display) through the "
+                         "ROI centroid, linear interpolation on isotropic pixels of "
+                         f"{'the finest image spacing' if spacing is None else f'{spacing} mm'}; "
+                         "2D / one-slice images: 2.5d",
+                "view_pooling": "mean"}

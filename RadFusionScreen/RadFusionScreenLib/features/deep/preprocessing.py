@@ -30,6 +30,12 @@ Preprocessing of 2D backbones (each parameter is recorded in ``settings()`` for 
 7. Channels: the grey image is replicated to 3 channels and normalised with the ImageNet
    mean and standard deviation.
 
+``views`` chooses the input of a 3D image: ``"2.5d"`` (steps 1-3 above) or ``"orthogonal"``
+(axial, coronal and sagittal planes through the ROI centroid on isotropic pixels of
+``iso_spacing_mm``, :mod:`.views`; steps 4-7 as above). None picks by modality
+(:data:`DEFAULT_VIEWS`). 2D pictures and one-slice volumes always take the 2.5D path (one
+slice): they have no other plane.
+
 Axes: SimpleITK (x, y, z) is numpy (z, y, x) from ``GetArrayFromImage``; a "slice" below is
 one index of numpy axis 0, "rows" are y and "columns" are x.
 """
@@ -47,12 +53,17 @@ import torch
 import torch.nn.functional as F
 
 from RadFusionScreenLib.core.errors import InputError, MaskError
+from RadFusionScreenLib.features.deep.views import ViewCrop, sample_orthogonal_views
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CT_WINDOWS = {"soft_tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}
 INTENSITY_METHODS = ("window", "percentiles", "fixed")
 _DEFAULT_INTENSITY = {"CT": "window", "MR": "percentiles", "US": "fixed"}
+VIEW_METHODS = ("2.5d", "orthogonal")
+# The input of 3D images by modality when ``views`` is None (resolved when the settings are made,
+# so a bundle records the concrete choice); other modalities: 2.5D.
+DEFAULT_VIEWS: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -69,10 +80,14 @@ class RoiPreprocessing:
     neighbours: int = 1  # slices on each side of the largest cross-section (3D only)
     slice_step_mm: float | None = None  # neighbour distance in mm; None → adjacent slices
     input_size: int = 224
+    views: str | None = None  # 3D input: 2.5d | orthogonal; None → by modality (DEFAULT_VIEWS)
+    iso_spacing_mm: float | None = None  # pixel size of the orthogonal views; None → finest spacing
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: normalise the values once
         set_(self, "modality", self.modality.upper() if self.modality else None)
+        views = self.views.strip().lower() if isinstance(self.views, str) else self.views
+        set_(self, "views", views if views is not None else DEFAULT_VIEWS.get(self.modality or "", "2.5d"))
         set_(self, "window", self.window if isinstance(self.window, str) else tuple(map(float, self.window)))
         set_(self, "percentiles", tuple(map(float, self.percentiles)))
         set_(self, "fixed_range", tuple(map(float, self.fixed_range)))
@@ -105,6 +120,10 @@ class RoiPreprocessing:
             raise InputError(f"slice_step_mm={self.slice_step_mm!r} must be > 0 (or None for adjacent slices)")
         if self.input_size < 32:
             raise InputError(f"input_size={self.input_size!r} is too small for a CNN (>= 32)")
+        if self.views not in VIEW_METHODS:
+            raise InputError(f"views={self.views!r}: use one of {VIEW_METHODS} (or None for the modality's default)")
+        if self.iso_spacing_mm is not None and not self.iso_spacing_mm > 0:
+            raise InputError(f"iso_spacing_mm={self.iso_spacing_mm!r} must be > 0 (or None for the finest spacing)")
 
     def options(self) -> dict[str, Any]:
         """The constructor options as plain JSON values (tuples as lists)."""
@@ -207,18 +226,29 @@ class PreparedInput:
     """The network batch (N, 3, S, S) on the extractor's device, and where it came from."""
 
     tensor: torch.Tensor
-    crop: RoiCrop
+    crop: RoiCrop | ViewCrop
 
 
-def prepare_roi_slices(image: sitk.Image, mask: sitk.Image, settings: RoiPreprocessing) -> tuple[np.ndarray, RoiCrop]:
-    """Crops in [0, 1], shape (N, S, S) float32, and their :class:`RoiCrop` (steps 1-6 of the module doc)."""
-    pixels, inside, spacing, working, source = _volume_arrays(image, mask)
-    slices = select_slices(inside, spacing[2], settings.neighbours, settings.slice_step_mm)
-    start, shape = square_crop_box(inside[list(slices)].any(axis=0), spacing[:2], settings)
-    crops = _cut_box(pixels, slices, start, shape)
+def prepare_roi_slices(
+    image: sitk.Image, mask: sitk.Image, settings: RoiPreprocessing
+) -> tuple[np.ndarray, RoiCrop | ViewCrop]:
+    """Crops in [0, 1], shape (N, S, S) float32, and their crop geometry (steps 1-6 of the module doc).
+
+    N is the number of 2.5D slices, or 3 (axial, coronal, sagittal) for orthogonal views of
+    a volume (:class:`~.views.ViewCrop`).
+    """
+    if settings.views == "orthogonal" and image.GetDimension() == 3 and image.GetSize()[2] > 1:
+        _check_inputs(image, mask)
+        crops, crop = sample_orthogonal_views(image, mask, settings, _Grid.of(image))
+    else:
+        pixels, inside, spacing, working, source = _volume_arrays(image, mask)
+        slices = select_slices(inside, spacing[2], settings.neighbours, settings.slice_step_mm)
+        start, shape = square_crop_box(inside[list(slices)].any(axis=0), spacing[:2], settings)
+        crops = _cut_box(pixels, slices, start, shape)
+        crop = RoiCrop(slices, start, shape, working, source)
     scaled = scale_intensity(crops, settings.intensity_range())
     resized = _resize(torch.from_numpy(scaled)[:, None], (settings.input_size,) * 2)[:, 0]
-    return resized.numpy(), RoiCrop(slices, start, shape, working, source)
+    return resized.numpy(), crop
 
 
 def to_network_input(crops: np.ndarray) -> torch.Tensor:
@@ -233,13 +263,7 @@ def _volume_arrays(
     image: sitk.Image, mask: sitk.Image
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], _Grid, _Grid]:
     """Image and mask as (Z, Y, X) arrays of the working grid, its spacing (x, y, z) and both grids."""
-    from RadFusionScreenLib.inputs.images import check_geometry
-
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError("deep features need a scalar (grey) image; convert colour images to luminance first")
-    if image.GetDimension() not in (2, 3):
-        raise InputError(f"deep features need a 2D or 3D image, got {image.GetDimension()}D")
-    check_geometry(image, mask)
+    _check_inputs(image, mask)
     source = _Grid.of(image)
     if image.GetDimension() == 2:
         spacing = (*image.GetSpacing(), 1.0)
@@ -252,6 +276,17 @@ def _volume_arrays(
     # its view would then read reused memory (other CNN inputs on every run). Copy that one.
     pixels = sitk.GetArrayViewFromImage(image) if oriented is image else sitk.GetArrayFromImage(oriented)
     return pixels, inside, oriented.GetSpacing(), _Grid.of(oriented), source
+
+
+def _check_inputs(image: sitk.Image, mask: sitk.Image) -> None:
+    """A scalar 2D/3D image and a mask on its grid, else :class:`InputError`."""
+    from RadFusionScreenLib.inputs.images import check_geometry
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("deep features need a scalar (grey) image; convert colour images to luminance first")
+    if image.GetDimension() not in (2, 3):
+        raise InputError(f"deep features need a 2D or 3D image, got {image.GetDimension()}D")
+    check_geometry(image, mask)
 
 
 def _axial_to_lps(image: sitk.Image) -> sitk.Image:
