@@ -3,7 +3,9 @@
 # of 311 patients, benign vs malignant from the readers' ratings. Every split and every
 # cross-validation fold is grouped by patient_id (several nodules per patient). The nodule
 # diameter from the annotations (nodules.csv) is the one clinical predictor: the nomogram's
-# size term, and alone the "diameter-only" baseline the other models are compared with.
+# size term, and alone the "diameter-only" baseline the other models are compared with. The CNN
+# sees orthogonal views through the nodule (benchmarks/lidc_deep_variants.py: best shippable
+# variant on the same patient-grouped folds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p out
@@ -23,6 +25,7 @@ for column in ("image", "mask"):
 cases.to_csv(target, index=False)
 PY
 .venv/bin/radfusion train out/lidc_manifest.csv --groups patient_id --clinical diameter_mm --jobs 2 \
+    --deep-views orthogonal \
     --features out/lidc_features.csv --cache out/.radfusion_cache \
     --card-notes docs/lidc-model-notes.md \
     --out models/lidc-ct-nodule --report out/lidc-report.html --json > out/lidc-summary.json

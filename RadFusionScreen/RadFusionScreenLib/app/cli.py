@@ -44,6 +44,10 @@ def _add_extraction_options(parser: argparse.ArgumentParser) -> None:
         help="image modality (default: DICOM tag; one-slice images: US; else CT if air (< -500) is present, else MR)",
     )
     parser.add_argument("--no-deep", action="store_true", help="radiomic features only (no CNN)")
+    parser.add_argument("--deep-views", choices=["2.5d", "orthogonal"],
+                        help="CNN input of a 3D volume: the largest cross-section and its neighbours (2.5d), or "
+                        "axial/coronal/sagittal planes through the ROI centre on isotropic pixels (orthogonal); "
+                        "default by modality; recorded in the features and bundles (docs/deep-features.md)")
     parser.add_argument("--device", default="auto", help="CNN device: auto (CUDA when present), cpu or cuda")
     parser.add_argument(
         "--names",
@@ -177,6 +181,7 @@ def _config(args: argparse.Namespace):
         series_uid=args.series_uid,
         names=args.names,
         segment=getattr(args, "segment", None),
+        deep_options={"views": args.deep_views} if getattr(args, "deep_views", None) else None,
     )
 
 
