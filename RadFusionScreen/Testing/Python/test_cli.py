@@ -64,3 +64,20 @@ def test_geometry_mismatch_is_a_clear_error_and_writes_nothing(tmp_path, capsys)
     message = capsys.readouterr().err
     assert "origin" in message.lower() and "error" in message
     assert not output.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_deep_views_option_changes_only_the_cnn_input(tmp_path):
+    """--deep-views orthogonal: other deep features (the CNN sees the three planes), the same
+    radiomic features; an unknown choice is refused by the parser."""
+    image, mask = lesion_case(tmp_path, "ct")
+    tables = {}
+    for views in ("2.5d", "orthogonal"):
+        out = tmp_path / f"{views}.csv"
+        assert main(["features", str(image), str(mask), "-o", str(out), "--deep-views", views]) == 0
+        tables[views] = pd.read_csv(out)
+    deep = [c for c in tables["2.5d"] if c.startswith("deep_")]
+    radiomic = [c for c in tables["2.5d"] if c.startswith("original_")]
+    assert len(deep) == 1280 and not np.allclose(tables["2.5d"][deep], tables["orthogonal"][deep])
+    pd.testing.assert_frame_equal(tables["2.5d"][radiomic], tables["orthogonal"][radiomic])
+    with pytest.raises(SystemExit):
+        main(["features", str(image), str(mask), "-o", str(tmp_path / "x.csv"), "--deep-views", "sideways"])
