@@ -496,12 +496,17 @@ _SCREENERS: dict[tuple[str, str | None], Screener] = {}
 def screen(image: Any, mask: Any, model: str | os.PathLike | None = None, clinical: Mapping[str, Any] | None = None,
            device: str | None = None, site: str | None = None, label: int | None = None,
            geometry: Mapping[str, Any] | None = None, segment: str | int | None = None) -> ScreenResult:
-    """Screen one case with a model bundle (default: the shipped one); the bundle stays loaded.
+    """Screen one case with a model bundle (default: the shipped bundle of the image's modality,
+    :mod:`.model_choice`; numpy arrays: the ultrasound one); the bundle stays loaded.
 
     ``image`` / ``mask``: file paths (any supported format, DICOM folders), SimpleITK images,
     or numpy arrays (z, y, x; ``geometry`` gives spacing / origin / direction, default unit).
     ``segment``: name or number of the segment / ROI when the mask is a DICOM SEG or RTSTRUCT.
     """
+    if not model and isinstance(image, (str, os.PathLike, sitk.Image)):
+        from RadFusionScreenLib.serving.model_choice import model_for_case
+
+        model = model_for_case(image)
     key = (str(resolve_model_path(model).resolve()), device)
     if key not in _SCREENERS:
         _SCREENERS[key] = Screener(model, device)

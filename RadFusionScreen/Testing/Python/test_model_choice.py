@@ -82,3 +82,12 @@ def test_screen_command_without_model_uses_the_images_modality(models, tmp_path,
     sitk.WriteImage(sitk.Cast(_ct_volume() > 0, sitk.sitkUInt8), str(mask))
     assert main(["screen", str(image), str(mask)]) == 2
     assert "no model bundles for CT images" in capsys.readouterr().err
+
+
+def test_python_api_without_model_uses_the_images_modality(models):
+    from RadFusionScreenLib import screen
+
+    _bundle(models, "busi-ultrasound", "US")
+    ct = _ct_volume()
+    with pytest.raises(InputError, match="no model bundles for CT images"):
+        screen(ct, sitk.Cast(ct > 0, sitk.sitkUInt8))
