@@ -135,8 +135,7 @@ class ScreeningLogic:
         """
         started = time.perf_counter()
         image, mask = self.exportCase(volumeNode, segmentationNode, segmentId)
-        modelPath = modelPath or str(self.resolveModelPath(None, volumeNode))
-        screener = self.getScreener(modelPath, device)
+        screener = self.getScreener(modelPath or str(self.resolveModelPath(None, volumeNode)), device)
         result = screener.screen(image, mask, clinical=parseClinicalValues(clinical), site=site or None, heatmap=True)
         self.writeResults(result, volumeNode, segmentationNode, segmentId, modelPath=modelPath, device=device,
                           clinical=clinical, site=site)

@@ -306,3 +306,33 @@ def test_ct_dicom_series_with_a_ct_bundle(module, ct_bundle):
         heat = slicer.util.arrayFromVolume(heatmap)
         assert heat[inside].mean() > heat[~inside].mean()
         assert slice_logic(scene, "Red").GetSliceCompositeNode().GetForegroundVolumeID() == heatmap.GetID()
+
+
+def test_lidc_nodule_gets_the_shipped_ct_bundle(module):
+    """A chest-CT nodule (LIDC-IDRI) in the scene, no model chosen: the Logic picks the shipped CT
+    bundle by the volume's modality (not the ultrasound default), screens it with the nodule's
+    diameter as the clinical value, and the answer is a calibrated probability."""
+    import pandas as pd
+
+    from conftest import REPO_ROOT
+
+    folder = shared_path("lidc")
+    bundle = REPO_ROOT / "models" / "lidc-ct-nodule"
+    assert (bundle / "manifest.json").is_file(), "the shipped CT bundle models/lidc-ct-nodule is missing"
+    cases = pd.read_csv(folder / "manifest.csv").merge(pd.read_csv(folder / "nodules.csv"), on="case_id")
+    case = cases[cases["label"] == 1].iloc[0]
+    image = read_image(folder / case["image"])
+    mask = read_mask(folder / case["mask"], reference=image)
+    with headless_scene(slice_views=True) as scene:
+        volume, segmentation, segment_id = _volume_and_segment(scene, image, mask, case["case_id"])
+        logic = module.RadFusionScreenLogic(scene)
+        assert logic.volumeModality(volume) == "CT"
+        assert logic.resolveModelPath("", volume) == bundle.resolve()
+        result = logic.screen(volume, segmentation, segment_id, clinical={"diameter_mm": float(case["diameter_mm"])})
+        assert result.model["name"] == "lidc-ct-nodule" and result.calibration
+        parameters = logic.getParameterNode()
+        assert parameters.modelPath == "", "no model was chosen: the default keeps following the volume"
+        assert 0.0 < parameters.probability < 1.0 and parameters.probability == result.probability
+        assert parameters.heatmapVolume is not None and parameters.nomogramTable is not None
+        with pytest.raises(InputError, match="diameter_mm"):  # the nomogram's clinical value is required
+            logic.screen(volume, segmentation, segment_id)
