@@ -99,19 +99,15 @@ def run_screen(args: argparse.Namespace, screener=None) -> int:
 
 
 def _model_for_manifest(manifest: str) -> Path:
-    import csv
-
+    """The default bundle for the modality of the manifest's first case (paths resolved as
+    ``screen_manifest`` resolves them)."""
+    from RadFusionScreenLib.features.cohort import manifest_tasks, read_manifest
     from RadFusionScreenLib.serving.model_choice import model_for_case
 
-    try:
-        with open(manifest, newline="", encoding="utf-8") as stream:
-            first = next(csv.DictReader(stream), None) or {}
-    except OSError as error:
-        raise RadFusionError(f"cannot read the manifest {manifest}: {error}") from None
-    image = first.get("image")
-    if not image:
+    tasks = manifest_tasks(read_manifest(manifest), Path(manifest).parent, default_label=None)
+    if not tasks:
         raise RadFusionError(f"{manifest}: no case with an image column to choose a model by; give --model")
-    return model_for_case(Path(manifest).parent / image if not Path(image).is_absolute() else image)
+    return model_for_case(tasks[0].image)
 
 
 def _write_report(result, args: argparse.Namespace, modality: str) -> None:

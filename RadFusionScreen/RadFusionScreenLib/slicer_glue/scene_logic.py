@@ -78,7 +78,9 @@ class ScreeningLogic:
         the engine's rule on its voxels (one slice: US; air in HU: CT; else MR)."""
         from RadFusionScreenLib.features.case_features import resolve_modality
 
-        return resolve_modality(self._dicomModality(volumeNode) or None, mrml.volume_node_to_sitk(volumeNode))
+        declared = self._dicomModality(volumeNode) or None
+        # the voxels are copied only when no DICOM Modality answers (the rule reads them then)
+        return resolve_modality(declared, None if declared else mrml.volume_node_to_sitk(volumeNode))
 
     @staticmethod
     def _dicomModality(volumeNode) -> str:

@@ -91,3 +91,16 @@ def test_python_api_without_model_uses_the_images_modality(models):
     ct = _ct_volume()
     with pytest.raises(InputError, match="no model bundles for CT images"):
         screen(ct, sitk.Cast(ct > 0, sitk.sitkUInt8))
+
+
+def test_screen_command_on_a_manifest_uses_its_first_cases_modality(models, tmp_path, capsys):
+    from RadFusionScreenLib.app.cli import main
+
+    _bundle(models, "busi-ultrasound", "US")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    sitk.WriteImage(_ct_volume(), str(cases / "ct.nii.gz"))
+    sitk.WriteImage(sitk.Cast(_ct_volume() > 0, sitk.sitkUInt8), str(cases / "mask.nii.gz"))
+    (cases / "manifest.csv").write_text("case_id,image,mask\nc1,ct.nii.gz,mask.nii.gz\n")  # relative to the manifest
+    assert main(["screen", str(cases / "manifest.csv"), "-o", str(tmp_path / "p.csv")]) == 2
+    assert "no model bundles for CT images" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
