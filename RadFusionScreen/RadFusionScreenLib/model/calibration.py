@@ -293,8 +293,8 @@ class CalibrationSelection:
         """How the method was chosen, as JSON (the calibrator itself: ``calibrator.to_dict()``)."""
         n_folds = int(self.fold.max()) + 1 if self.fold.size else 0
         return {"method": self.method, "description": self.calibrator.describe(),
-                "fitted_on": f"the training set's out-of-fold probabilities ({self.n_training} cases; "
-                             "outer cross-validation, never the test set)",
+                "fitted_on": f"the training set's out-of-fold probabilities ({self.n_training} cases; the final "
+                             "model's configuration refitted on the outer cross-validation folds, never the test set)",
                 "rule": f"lowest held-out log-loss over {n_folds} grouped, stratified inner folds, one-standard-"
                         "error rule towards the simpler method (none, Platt, isotonic)",
                 "inner_folds": n_folds, "log_loss": dict(self.log_loss), "log_loss_se": dict(self.log_loss_se),

@@ -148,8 +148,8 @@ def _model_summary(result: ModelResult) -> dict[str, Any]:
         "threshold": result.threshold,
         "threshold_rule": "Youden on training out-of-fold probabilities"
                           + ("" if result.calibration is None else ", calibrated"),
-        "threshold_uncalibrated": None if result.calibration is None else training_threshold(result.cv.y,
-                                                                                             result.cv.probability),
+        "threshold_uncalibrated": None if result.calibration is None else training_threshold(
+            result.cv.y, _calibration_input(result)),
         "calibration": None if result.calibration is None else result.calibration.to_dict(),
         "n_features": len(result.selected_features),
         "selected_features": list(result.selected_features),
@@ -242,8 +242,8 @@ def _calibration(comparison: ModelComparison, evaluation: EvaluationSet, name: s
     if evaluation.label == TEST_SET:
         before, after = result.test_probability_uncalibrated, p
     else:
-        before = p
-        after = p if selection.held_out is None else selection.held_out
+        before = _calibration_input(result)
+        after = before if selection.held_out is None else selection.held_out
     entry["calibration"] = {"method": selection.method, "description": selection.calibrator.describe(),
                             "selection": selection.to_dict(),
                             "before": None if before is None else calibration_metrics(y, before),
@@ -251,6 +251,11 @@ def _calibration(comparison: ModelComparison, evaluation: EvaluationSet, name: s
                             "after_note": None if evaluation.label == TEST_SET else
                             "each training case calibrated by the chosen method fitted without its inner fold"}
     return entry
+
+
+def _calibration_input(result: ModelResult) -> np.ndarray:
+    """The training out-of-fold probabilities the calibrator was fitted on (the final configuration's)."""
+    return result.cv.probability if result.calibration_probability is None else result.calibration_probability
 
 
 def _decision_curves(comparison: ModelComparison, evaluation: EvaluationSet) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from RadFusionScreenLib.model.bundle.loading import UNCALIBRATED_WARNING
 from RadFusionScreenLib.model.calibration import (CLIP, Calibrator, calibration_metrics, fit_calibrator,
                                                   log_loss_per_case, select_calibrator)
 from RadFusionScreenLib.model.train import FeatureColumns, ModelSettings, compare_models
-from RadFusionScreenLib.stats import roc_auc
+from RadFusionScreenLib.stats import roc_auc, youden_threshold
 
 SHIPPED = REPO_ROOT / "models" / "busi-ultrasound"
 
@@ -175,6 +175,36 @@ def test_the_comparison_calibrates_inside_patient_groups(grouped_cohort):
     train, test = grouped_cohort
     result = _compare(train, test, group_column="patient").results["radiomic/lr"]
     assert (pd.Series(result.calibration.fold, index=train.index).groupby(train["patient"]).nunique() == 1).all()
+
+
+def test_the_calibrator_sees_the_final_configuration_out_of_fold():
+    """Fitted on the out-of-fold probabilities of the final hyper-parameters, refitted on the same
+    outer folds (CalibratedClassifierCV(ensemble=False)), not on the nested-CV mix of each fold's own."""
+    from dataclasses import replace
+
+    from sklearn.base import clone
+
+    from RadFusionScreenLib.model.train.cross_validation import cross_validated_predictions
+    from RadFusionScreenLib.model.train.model_result import final_configuration_predictions
+    from RadFusionScreenLib.model.train.splits import StratifiedSiteKFold
+
+    table = make_cohort(200, n_features=20, seed=3)  # its outer folds choose C = 0.1, 1, 1; the final fit 0.1
+    train, test = table.iloc[:140], table.iloc[140:]
+    result = _compare(train, test).results["radiomic/lr"]
+    y = train["label"].to_numpy()
+    assert any(params != result.model.best_params_ for params in result.cv.best_params)
+    assert not np.allclose(result.calibration_probability, result.cv.probability)
+    refit = cross_validated_predictions(clone(result.model.best_estimator_), train, y, StratifiedSiteKFold(3), None, 1)
+    np.testing.assert_allclose(result.calibration_probability, refit.probability, atol=1e-12)
+    assert result.calibration.calibrator == select_calibrator(refit.probability, y, None, 3, 0).calibrator
+    assert result.threshold == youden_threshold(y, result.calibration.apply(refit.probability))
+    # folds that chose other hyper-parameters are refitted; folds that all chose the final ones are reused
+    context = type("Context", (), dict(train=train, y_train=y, outer_cv=StratifiedSiteKFold(3), groups=None, n_jobs=1))
+    other = replace(result.cv, probability=np.zeros(y.size), best_params=[{"classifier__C": -1.0}] * 3)
+    np.testing.assert_allclose(final_configuration_predictions(result.model, other, context), refit.probability,
+                               atol=1e-12)
+    same = replace(other, best_params=[dict(result.model.best_params_)] * 3)
+    assert final_configuration_predictions(result.model, same, context) is same.probability
 
 
 # =========================================================================== bundles

@@ -4,7 +4,12 @@ calibration and the Youden threshold from out-of-fold predictions, then the unto
 
 Calibration (:mod:`RadFusionScreenLib.model.calibration`): the method (none, Platt, isotonic)
 is chosen and fitted on the training set's out-of-fold probabilities only, with inner folds
-grouped as the outer ones. The threshold is Youden's on the *calibrated* out-of-fold
+grouped as the outer ones. Those out-of-fold probabilities are the *final model's
+configuration*'s (its chosen hyper-parameters fixed, refitted on the same outer folds), as
+scikit-learn's ``CalibratedClassifierCV(ensemble=False)`` does: the nested-CV predictions mix
+each fold's own choice (a LASSO-LR with C = 0.1 in one fold, 0.01 in the next), whose
+probability scales differ from the final model's, so a map fitted on them would not fit the
+model it is applied to. The threshold is Youden's on the *calibrated* out-of-fold
 probabilities (the calibrator fitted on all of them, applied to them), so it is on the scale
 of the probability a user sees; ``test_probability`` is the calibrated test probability (what a
 bundle serves, the one every test figure describes) and ``test_probability_uncalibrated`` the
@@ -55,6 +60,7 @@ class ModelResult:
     role: str = CANDIDATE  # roles.CANDIDATE, SCORE_ONLY (makes a rad/deep score only) or NOMOGRAM
     calibration: CalibrationSelection | None = None  # None: the probability is the model's own (nomogram)
     test_probability_uncalibrated: np.ndarray | None = None  # the classifier's output before calibration
+    calibration_probability: np.ndarray | None = None  # out-of-fold, final configuration: what calibration saw
 
     @property
     def cv_auc_mean(self) -> float:
@@ -125,14 +131,16 @@ def evaluate_model(context: EvaluationContext, feature_set: str, classifier: str
                                      context.n_jobs, lambda line: context.log(f"{name}: {line}"))
     context.log(f"{name}: final fit on the training set")
     final = fit_model(clone(search), context.train, context.y_train, context.groups)
-    calibration = select_calibrator(cv.probability, context.y_train, context.groups, context.inner_cv.n_splits,
+    oof = final_configuration_predictions(final, cv, context, lambda line: context.log(f"{name}: {line}"))
+    calibration = select_calibrator(oof, context.y_train, context.groups, context.inner_cv.n_splits,
                                     context.settings.random_state)
     context.log(f"{name}: calibration {calibration.calibrator.describe()}")
     result = ModelResult(
         name=name, feature_set=feature_set, classifier=classifier, cv=cv,
-        threshold=training_threshold(context.y_train, calibration.apply(cv.probability)), model=final,
+        threshold=training_threshold(context.y_train, calibration.apply(oof)), model=final,
         selected_features=selected_feature_names(final), best_params=getattr(final, "best_params_", {}),
         seconds=0.0, remarks=[f"calibration: {remark}" for remark in calibration.remarks], calibration=calibration,
+        calibration_probability=oof,
     )
     if context.test is not None:
         raw = predict_probability(final, context.test)
@@ -140,6 +148,23 @@ def evaluate_model(context: EvaluationContext, feature_set: str, classifier: str
         score_test_set(result, calibration.apply(raw), context)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def final_configuration_predictions(final: Any, cv: CrossValidatedPredictions, context: EvaluationContext,
+                                    progress: Callable[[str], None] | None = None) -> np.ndarray:
+    """Out-of-fold probabilities of the final model's configuration (its hyper-parameters fixed)
+    on the outer folds: what its calibrator is fitted on (see the module doc).
+
+    When every outer fold chose the final model's hyper-parameters, the nested-CV predictions
+    already are these (the same configuration fitted on the same rows) and are reused.
+    """
+    chosen = getattr(final, "best_params_", None)
+    if chosen is None or all(params == chosen for params in cv.best_params):
+        return cv.probability
+    if progress is not None:
+        progress(f"outer folds refitted with the final hyper-parameters {chosen} (for the calibration)")
+    return cross_validated_predictions(clone(final.best_estimator_), context.train, context.y_train,
+                                       context.outer_cv, context.groups, context.n_jobs).probability
 
 
 def score_test_set(result: ModelResult, probability: np.ndarray, context: EvaluationContext) -> None:
