@@ -10,9 +10,13 @@ grids are refused with both geometries in the message.
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import struct
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -123,12 +127,37 @@ def _format_of(path: Path) -> str | None:
 
 def _read_file(path: Path) -> sitk.Image:
     try:
-        return sitk.ReadImage(str(path))
+        with _nifti_alone(path) as readable:
+            return sitk.ReadImage(str(readable))
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
         raise InputError(
             f"cannot read {path}: {reason} (supported: NIfTI, NRRD, MHA/MHD, PNG/JPEG/BMP/TIFF, DICOM)"
         ) from exc
+
+
+@contextmanager
+def _nifti_alone(path: Path) -> Iterator[Path]:
+    """``path``, or the same file alone in a temporary folder when a NIfTI twin sits beside it.
+
+    Given ``scan.nii.gz``, ITK's NIfTI reader (niftilib's header search) opens ``scan.nii``
+    whenever one exists in the same folder, silently: another image than the one asked for.
+    Read from a folder where it has no twin (a symbolic link, or a copy where links are not
+    allowed, e.g. Windows without developer mode), the requested file is the one read.
+    """
+    name = path.name.lower()
+    twin = (path.with_name(path.name[:-3]) if name.endswith(".nii.gz") else
+            path.with_name(path.name + ".gz") if name.endswith(".nii") else None)
+    if twin is None or not twin.exists():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="radfusion-nifti-") as folder:
+        alone = Path(folder) / path.name
+        try:
+            os.symlink(path.resolve(), alone)
+        except OSError:
+            shutil.copyfile(path, alone)
+        yield alone
 
 
 def _imageio_name(path: Path) -> str:

@@ -119,6 +119,19 @@ def test_nan_voxels_in_nifti_are_found_although_itk_zeroes_them(tmp_path: Path) 
         read_image(path)
 
 
+def test_a_nifti_twin_beside_the_file_is_not_read_instead(tmp_path: Path) -> None:
+    """ITK, asked for scan.nii.gz, opens scan.nii when both exist; the engine reads what it was given."""
+    compressed, plain = tmp_path / "scan.nii.gz", tmp_path / "scan.nii"
+    sitk.WriteImage(volume(ramp()), str(compressed))
+    sitk.WriteImage(volume(ramp() * 0 + 7), str(plain))
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(compressed))) == 7).all()  # ITK's own choice: the twin
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(compressed)), ramp())
+    assert (sitk.GetArrayFromImage(read_image(plain)) == 7).all()
+    mask = read_mask(compressed, label=3)  # masks go through the same reader
+    assert int(sitk.GetArrayFromImage(mask).sum()) == int((ramp() == 3).sum()) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii", "scan.nii.gz"]  # nothing left behind
+
+
 def test_missing_path_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "image.nii.gz"
     with pytest.raises(InputError, match="not found") as error:
