@@ -65,7 +65,7 @@ class TrainOptions:
     icc_type: str = "A1"
     icc_threshold: float = 0.75
     workers: int = 1
-    jobs: int | None = None  # processes for outer folds / grid search (None: every core)
+    jobs: int | None = None  # processes for the fitting tasks (None: every core)
     cache: str | None = "auto"
     features_path: str | None = None  # where a manifest's features are written
     card_notes: str | None = None  # markdown file: data source, citation, limitations (model card)

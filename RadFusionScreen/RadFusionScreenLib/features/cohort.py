@@ -183,8 +183,9 @@ def extract_cohort(
 
     results: dict[str, dict[str, Any]] = {}
     pending: list[tuple[CaseTask, str | None]] = []
+    fingerprint = config.fingerprint() if cache.folder is not None else None
     for task in tasks:
-        key = _cache_key(task, config)
+        key = _cache_key(task, fingerprint) if fingerprint is not None else None  # no cache: nothing to hash
         cached = cache.get(key) if key else None
         if cached is not None:
             results[task.case_id] = {"row": cached, "error": "", "key": key, "cached": True}
@@ -204,12 +205,12 @@ def extract_cohort(
     return table
 
 
-def _cache_key(task: CaseTask, config: ExtractionConfig) -> str | None:
+def _cache_key(task: CaseTask, fingerprint: dict[str, Any]) -> str | None:
     """None when an input is missing: the worker then reports the error for that case."""
     paths = [Path(task.image), Path(task.mask)]
     if not all(p.exists() for p in paths):
         return None
-    settings = {**config.fingerprint(), "label": task.label, "segment": task.segment}
+    settings = {**fingerprint, "label": task.label, "segment": task.segment}
     return hash_inputs(paths, settings)
 
 

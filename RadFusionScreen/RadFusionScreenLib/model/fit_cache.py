@@ -74,6 +74,9 @@ def _generic_fit_transform(estimator: Any) -> bool:
     return type(estimator).fit_transform is TransformerMixin.fit_transform
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _estimator_key(value: Any) -> Any:
     """Everything that defines an unfitted step: class, parameters (nested), output container."""
     if isinstance(value, BaseEstimator):
@@ -82,6 +85,8 @@ def _estimator_key(value: Any) -> Any:
         return (type(value).__module__, type(value).__qualname__, repr(output),
                 tuple((name, _estimator_key(params[name])) for name in sorted(params)))
     if isinstance(value, (list, tuple)):
+        if all(isinstance(v, _PLAIN) for v in value):  # e.g. a ColumnTransformer's thousands of column names
+            return (type(value).__name__, repr(value))
         return (type(value).__name__, tuple(_estimator_key(v) for v in value))
     if isinstance(value, dict):
         return ("dict", tuple((k, _estimator_key(value[k])) for k in sorted(value)))
@@ -89,25 +94,37 @@ def _estimator_key(value: Any) -> Any:
 
 
 def _data_key(data: Any) -> Any:
-    """Shape, columns, dtypes, index and a digest of the values: one buffer per dtype (numbers
-    hashed as raw bytes, objects such as site names through pandas' vectorised hash)."""
+    """Shape, column names, index and a digest of the values and dtypes: one buffer per dtype
+    (numbers hashed as raw bytes, objects such as site names through pandas' vectorised hash)."""
     if data is None:
         return None
     digest = hashlib.blake2b(digest_size=20)
     if isinstance(data, (pd.DataFrame, pd.Series)):
         frame = data.to_frame() if isinstance(data, pd.Series) else data
-        dtypes = frame.dtypes.astype(str).to_numpy()
-        for dtype in sorted(set(dtypes)):
-            digest.update(dtype.encode())
-            digest.update(_buffer(frame.iloc[:, np.flatnonzero(dtypes == dtype)].to_numpy()))
-        digest.update(_buffer(np.asarray(frame.index, dtype=object)))
-        return ("frame", frame.shape, tuple(map(str, frame.columns)), tuple(dtypes), digest.hexdigest())
+        dtypes = frame.dtypes.to_numpy()
+        for dtype in sorted(set(dtypes), key=str):
+            columns = np.flatnonzero(dtypes == dtype)
+            digest.update(str(dtype).encode())
+            digest.update(columns.tobytes())
+            _update(digest, (frame if columns.size == frame.shape[1] else frame.iloc[:, columns]).to_numpy())
+        _update(digest, np.asarray(frame.index, dtype=object))
+        return ("frame", frame.shape, tuple(frame.columns.tolist()), digest.hexdigest())
     array = np.asarray(data)
-    digest.update(_buffer(array))
+    _update(digest, array)
     return ("array", array.shape, str(array.dtype), digest.hexdigest())
 
 
-def _buffer(values: np.ndarray) -> bytes:
+def _update(digest: Any, values: np.ndarray) -> None:
+    """Feed an array's values to ``digest``; a C- or F-ordered numeric block is read in place
+    (a DataFrame's float block is F-ordered), its order marked so no two layouts collide."""
     if values.dtype == object:
-        return pd.util.hash_array(values.ravel()).tobytes()
-    return np.ascontiguousarray(values).tobytes()
+        digest.update(pd.util.hash_array(values.ravel()).tobytes())
+    elif values.flags.c_contiguous:
+        digest.update(b"C" + str(values.dtype).encode())
+        digest.update(values.reshape(-1).view(np.uint8))
+    elif values.flags.f_contiguous:
+        digest.update(b"F" + str(values.dtype).encode())
+        digest.update(values.T.reshape(-1).view(np.uint8))
+    else:
+        digest.update(b"C" + str(values.dtype).encode())
+        digest.update(np.ascontiguousarray(values).reshape(-1).view(np.uint8))

@@ -180,12 +180,10 @@ def test_the_comparison_calibrates_inside_patient_groups(grouped_cohort):
 def test_the_calibrator_sees_the_final_configuration_out_of_fold():
     """Fitted on the out-of-fold probabilities of the final hyper-parameters, refitted on the same
     outer folds (CalibratedClassifierCV(ensemble=False)), not on the nested-CV mix of each fold's own."""
-    from dataclasses import replace
-
     from sklearn.base import clone
 
     from RadFusionScreenLib.model.train.cross_validation import cross_validated_predictions
-    from RadFusionScreenLib.model.train.model_result import final_configuration_predictions
+    from RadFusionScreenLib.model.train.model_result import folds_to_refit
     from RadFusionScreenLib.model.train.splits import StratifiedSiteKFold
 
     table = make_cohort(200, n_features=20, seed=3)  # its outer folds choose C = 0.1, 1, 1; the final fit 0.1
@@ -198,13 +196,14 @@ def test_the_calibrator_sees_the_final_configuration_out_of_fold():
     np.testing.assert_allclose(result.calibration_probability, refit.probability, atol=1e-12)
     assert result.calibration.calibrator == select_calibrator(refit.probability, y, None, 3, 0).calibrator
     assert result.threshold == youden_threshold(y, result.calibration.apply(refit.probability))
-    # folds that chose other hyper-parameters are refitted; folds that all chose the final ones are reused
-    context = type("Context", (), dict(train=train, y_train=y, outer_cv=StratifiedSiteKFold(3), groups=None, n_jobs=1))
-    other = replace(result.cv, probability=np.zeros(y.size), best_params=[{"classifier__C": -1.0}] * 3)
-    np.testing.assert_allclose(final_configuration_predictions(result.model, other, context), refit.probability,
-                               atol=1e-12)
-    same = replace(other, best_params=[dict(result.model.best_params_)] * 3)
-    assert final_configuration_predictions(result.model, same, context) is same.probability
+    # only the folds that chose other hyper-parameters were refitted: the others already hold that fit
+    refitted = folds_to_refit(result.model, result.cv.best_params)
+    assert refitted == [k for k, params in enumerate(result.cv.best_params) if params != result.model.best_params_]
+    assert 0 < len(refitted) < 3
+    kept = ~np.isin(result.cv.fold, refitted)
+    assert np.array_equal(result.calibration_probability[kept], result.cv.probability[kept])
+    assert folds_to_refit(result.model, [dict(result.model.best_params_)] * 3) == []
+    assert folds_to_refit(result.model.best_estimator_, result.cv.best_params) == []  # no grid: nothing to choose
 
 
 # =========================================================================== bundles

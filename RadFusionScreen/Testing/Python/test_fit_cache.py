@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -73,3 +74,68 @@ def test_the_cache_travels_to_workers_as_a_name_only():
     copy = pickle.loads(pickle.dumps(cache))
     assert copy.name == cache.name and len(pickle.dumps(cache)) < 200
     cache.clear()
+
+
+def test_a_comparison_gives_the_same_numbers_on_one_or_two_processes():
+    """`compare_models` runs its fits as pool tasks (every classifier of a feature set on one row
+    set per task, all feature sets in one pool, then the calibration refits): the numbers must not
+    depend on the number of processes or on the order the tasks finish in."""
+    from test_train_leakage import make_cohort
+
+    from RadFusionScreenLib.model.train import FeatureColumns, compare_models, split_cohort
+    from RadFusionScreenLib.model.train.model_result import folds_to_refit
+
+    table = make_cohort(140, n_features=16, seed=8, effect=0.6)
+    table = table.rename(columns={c: c.replace("original_firstorder_", "deep_") for c in table.columns[-6:]})
+    columns = FeatureColumns(radiomic=tuple(c for c in table.columns if c.startswith("original_")),
+                             deep=tuple(c for c in table.columns if c.startswith("deep_")))
+    split = split_cohort(table, test_size=0.3, seed=1, groups="duplicate_group")
+    runs = [compare_models(split.train, split.test, columns=columns, group_column="duplicate_group",
+                           classifiers=("lr", "rf", "svm"), grid="quick", outer_folds=3, inner_folds=3,
+                           settings=ModelSettings(lasso_folds=3), n_boot=50, n_jobs=n_jobs) for n_jobs in (1, 2)]
+    serial, parallel = runs
+    assert list(serial.results) == list(parallel.results) and len(serial.results) == 10  # 3 sets x 3 + nomogram
+    assert serial.best_model == parallel.best_model and serial.failed == parallel.failed == {}
+    for name, one in serial.results.items():
+        two = parallel.results[name]
+        for field in ("probability", "linear_predictor", "fold_aucs"):
+            np.testing.assert_array_equal(getattr(one.cv, field), getattr(two.cv, field), err_msg=f"{name} {field}")
+        np.testing.assert_array_equal(one.test_probability, two.test_probability, err_msg=name)
+        assert one.cv.best_params == two.cv.best_params and one.selected_features == two.selected_features
+        assert one.threshold == two.threshold or (np.isnan(one.threshold) and np.isnan(two.threshold))
+        if one.calibration_probability is not None:
+            np.testing.assert_array_equal(one.calibration_probability, two.calibration_probability, err_msg=name)
+    # the calibration refits ran: some fold chose other hyper-parameters than its final model
+    assert any(folds_to_refit(result.model, result.cv.best_params) for result in parallel.results.values()
+               if result.classifier != "logistic")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_shared_steps_search_is_gridsearchcv_bit_for_bit():
+    """SharedStepsGridSearchCV fits the steps before the classifier once per inner split; its
+    scores, choice and refit must be GridSearchCV's own, for every classifier family."""
+    from sklearn.model_selection import GridSearchCV
+
+    from RadFusionScreenLib.model.train import param_grid
+    from RadFusionScreenLib.model.train.shared_steps_search import SharedStepsGridSearchCV
+    from RadFusionScreenLib.model.train.splits import StratifiedSiteKFold
+
+    X, y = _table(seed=4, n=90, p=40)
+    X["site"] = np.where(np.arange(len(X)) % 3, "a", "b")
+    columns = [c for c in X.columns if c != "site"]
+    for classifier in ("lr", "svm", "rf", "extratrees", "xgboost", "lightgbm", "mlp"):
+        pipeline = build_pipeline(columns, classifier, ModelSettings(site_column="site", lasso_folds=3))
+        grid = param_grid(classifier, "full")
+        options = dict(scoring="roc_auc", cv=StratifiedSiteKFold(3, random_state=1), refit=True, error_score="raise")
+        plain = GridSearchCV(pipeline, grid, **options).fit(X, y)
+        shared = SharedStepsGridSearchCV(clone(pipeline).set_params(memory=FitCache()), grid, **options)
+        assert shared._tunes_the_last_step_only()  # the shared path, not GridSearchCV.fit
+        shared.fit(X, y)
+        for key in ("mean_test_score", "std_test_score", "rank_test_score", "split0_test_score", "split2_test_score"):
+            np.testing.assert_array_equal(plain.cv_results_[key], shared.cv_results_[key], err_msg=f"{classifier} {key}")
+        assert plain.best_params_ == shared.best_params_ and plain.best_score_ == shared.best_score_
+        np.testing.assert_array_equal(plain.predict_proba(X), shared.predict_proba(X), err_msg=classifier)
+    # a grid that tunes an earlier step is GridSearchCV's own path
+    pipeline = build_pipeline(columns, "lr", ModelSettings(site_column=None))
+    search = SharedStepsGridSearchCV(pipeline, {"reduce__cv": [2, 3]}, scoring="roc_auc", cv=3).fit(X, y)
+    assert not search._tunes_the_last_step_only() and search.best_params_["reduce__cv"] in (2, 3)

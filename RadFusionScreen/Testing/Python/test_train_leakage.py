@@ -201,14 +201,14 @@ def test_combat_and_folds_see_training_rows_only():
     # The fit cache fits ComBat once per training set, however many grid candidates (2 here)
     # use it: per search, the inner CV's training sets and the refit's.
     per_search = inner + 1
-    assert len(fits) == outer * per_search + per_search  # nested CV, then the final search
+    assert len(fits) == per_search + outer * per_search  # the final search, then the nested CV's
     assert len(set(fits)) == len(fits), "a training set was harmonised twice: the fit cache was not used"
     assert all(not rows & test_rows for rows in fits), "ComBat saw a test row"
-    # every fit but the last search's refit leaves out at least one whole outer fold
+    assert fits[per_search - 1] == train_rows  # the final search's refit: all training rows, nothing else
+    # every nested-CV fit leaves out at least one whole outer fold
     outer_training_sets = [train_rows - frozenset(split.train.index[result.cv.fold == k]) for k in range(outer)]
-    for rows in fits[: outer * per_search]:
+    for rows in fits[per_search:]:
         assert any(rows <= allowed for allowed in outer_training_sets), "ComBat saw its own validation fold"
-    assert fits[-1] == train_rows  # final model: all training rows, nothing else
     # groups stay whole inside every fit, inner folds included
     members = split.train.groupby("duplicate_group").groups
     for rows in fits:

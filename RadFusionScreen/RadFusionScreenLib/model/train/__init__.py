@@ -1,14 +1,20 @@
 """Build and compare screening models from a cohort feature table, without leakage: every step
 that learns from data is a step of one scikit-learn pipeline fitted on training rows only.
-``columns`` says which table columns form each feature set; ``splits`` splits a cohort into
-training and test sets and into cross-validation folds, never splitting a group; ``pipelines``
-builds the pipeline of one feature set x classifier (imputation, ComBat, filters, LASSO / PCA,
-classifier), its hyper-parameter grid search, and fits and predicts; ``cross_validation``
-refits a whole model per outer fold for out-of-fold predictions (nested CV); ``model_result``
-turns one model into a :class:`ModelResult` (nested CV, final fit, training threshold, test
-metrics); ``scores`` builds the rad-score, deep-score and nomogram; ``comparison`` runs
-:func:`compare_models` over every feature set x classifier (its docstring tells how each
-number is obtained) into a :class:`ModelComparison`.
+
+- ``columns``: which table columns form each feature set;
+- ``splits``: training / test sets and cross-validation folds, never splitting a group;
+- ``pipelines``: the pipeline of one feature set x classifier (imputation, ComBat, filters,
+  LASSO / PCA, classifier), its hyper-parameter grid search, fitting and predicting;
+- ``shared_steps_search``: that grid search, GridSearchCV's numbers with the steps before the
+  classifier fitted once per inner split;
+- ``cross_validation``: a whole model refitted per outer fold for out-of-fold predictions;
+- ``fit_tasks``: every fit of a comparison as process-pool tasks (a feature set's classifiers on
+  one row set per task);
+- ``model_result``: models into :class:`ModelResult` s (nested CV, final fit, calibration,
+  training threshold, test metrics);
+- ``scores``: the rad-score, deep-score and nomogram;
+- ``comparison``: :func:`compare_models` over every feature set x classifier (its docstring tells
+  how each number is obtained) into a :class:`ModelComparison`.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.model.fit_cache import FitCache
 from RadFusionScreenLib.model.roles import CANDIDATE, SHIPPED_FEATURE_SET
 from RadFusionScreenLib.model.train.columns import FEATURE_SETS, FeatureColumns, infer_feature_columns
-from RadFusionScreenLib.model.train.model_result import EvaluationContext, ModelResult, evaluate_model, evaluate_or_note
+from RadFusionScreenLib.model.train.model_result import (EvaluationContext, ModelResult, ModelSpec, evaluate_models,
+                                                         note_outcome)
 from RadFusionScreenLib.model.train.pipelines import CLASSIFIERS, ModelSettings
 from RadFusionScreenLib.model.train.scores import add_nomogram, categorical_levels, clinical_fill_values
 from RadFusionScreenLib.model.train.splits import StratifiedSiteKFold, group_labels
@@ -158,15 +159,16 @@ def compare_models(
     nomogram : bool
         Also build rad-score / deep-score and the nomogram model.
     n_jobs : int or None
-        Processes for the outer folds and the final grid search (None: every core). The
-        results do not depend on it.
+        Processes for the fitting tasks (None: every core): per feature set, its final fit and
+        each outer fold, all classifiers of the set fitted one after the other in one task
+        (:mod:`.fit_tasks`). The results do not depend on it.
     progress : callable, optional
         Called with progress lines (model, outer fold) and one line per finished model.
 
     The steps before the classifier (imputation, ComBat, filters, LASSO / PCA) are fitted
     once per training fold and reused by every grid candidate and classifier family fitted
-    on the same rows (:class:`~.fit_cache.FitCache`, in memory, freed at the end), with
-    results identical to fitting them every time.
+    on the same rows in the same task (:class:`~.fit_cache.FitCache`, in memory, freed at the
+    end), with results identical to fitting them every time.
     """
     cache = FitCache()
     try:
@@ -242,7 +244,8 @@ def _evaluate_all(context: EvaluationContext, columns: FeatureColumns, feature_s
     features is the radiomic set) gets that set's results: refitting would repeat the same
     computation and give the same numbers.
     """
-    results: dict[str, ModelResult] = {}
+    specs: list[ModelSpec] = []
+    copies: list[tuple[str, str]] = []  # (feature set, the set whose results it shares)
     evaluated: dict[tuple[str, ...], str] = {}
     for feature_set in feature_sets:
         feature_columns = columns.for_set(feature_set)
@@ -251,19 +254,24 @@ def _evaluate_all(context: EvaluationContext, columns: FeatureColumns, feature_s
             continue
         same_as = evaluated.get(tuple(feature_columns)) if feature_set != "clinical" else None
         if same_as is not None:
-            _copy_results(same_as, feature_set, classifiers, results, failed)
+            copies.append((feature_set, same_as))
             notes.append(f"feature set {feature_set!r} has the same columns as {same_as!r}: its models are "
                          f"{same_as!r}'s (not fitted twice)")
             log(notes[-1])
             continue
         if feature_set != "clinical":
             evaluated[tuple(feature_columns)] = feature_set
-        for classifier in classifiers:
-            result = evaluate_or_note(f"{feature_set}/{classifier}", notes, failed, log,
-                                      lambda: evaluate_model(context, feature_set, classifier, feature_columns))
-            if result is not None:
-                results[result.name] = result
-    return results
+        specs.extend(ModelSpec(feature_set, classifier, tuple(feature_columns)) for classifier in classifiers)
+    results: dict[str, ModelResult] = {}
+    outcomes = evaluate_models(context, specs) if specs else {}
+    for spec in specs:
+        result = note_outcome(spec.name, outcomes[spec.name], notes, failed, log)
+        if result is not None:
+            results[result.name] = result
+    for feature_set, same_as in copies:
+        _copy_results(same_as, feature_set, classifiers, results, failed)
+    order = [f"{feature_set}/{classifier}" for feature_set in feature_sets for classifier in classifiers]
+    return {name: results[name] for name in order if name in results}
 
 
 def _copy_results(source: str, feature_set: str, classifiers: Sequence[str], results: dict[str, ModelResult],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,30 +68,52 @@ def cross_validated_predictions(
         model = clone(model).set_params(n_jobs=1)  # the folds are the parallel unit
     folds = Parallel(n_jobs=process_count(n_jobs, len(splits)), return_as="generator")(
         delayed(_fit_fold)(clone(model), X, y, groups, train, valid) for train, valid in splits)
-    probability, lp = np.full(y.size, np.nan), np.full(y.size, np.nan)
-    fold = np.full(y.size, -1)
-    aucs, params, inner = [], [], []
-    for k, ((_, valid), (p, scores, best_params, best_score)) in enumerate(zip(splits, folds)):
-        probability[valid] = p
-        if scores is not None:
-            lp[valid] = scores
-        fold[valid] = k
-        aucs.append(auc_or_nan(y[valid], p))
-        params.append(best_params)
-        inner.append(best_score)
+    fits = []
+    for k, fit in enumerate(folds):
+        fits.append(fit)
         if progress is not None:
             progress(f"outer fold {k + 1}/{len(splits)} done")
+    return predictions_from_folds(y, splits, fits)
+
+
+@dataclass
+class FoldFit:
+    """What an outer fold keeps of a model fitted on its training rows: the held-out predictions."""
+
+    probability: np.ndarray
+    linear_predictor: np.ndarray | None
+    best_params: dict[str, Any]
+    best_score: float  # the grid search's inner best score (NaN without a grid)
+    seconds: float = 0.0
+
+    @classmethod
+    def of(cls, fitted: Any, X_valid: pd.DataFrame, seconds: float = 0.0) -> "FoldFit":
+        return cls(predict_probability(fitted, X_valid), linear_predictor(fitted, X_valid),
+                   getattr(fitted, "best_params_", {}), float(getattr(fitted, "best_score_", np.nan)), seconds)
+
+
+def predictions_from_folds(y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+                           folds: Sequence[FoldFit]) -> CrossValidatedPredictions:
+    """Out-of-fold predictions assembled from each outer fold's fit (in split order)."""
+    y = np.asarray(y)
+    probability, lp = np.full(y.size, np.nan), np.full(y.size, np.nan)
+    fold = np.full(y.size, -1)
+    for k, ((_, valid), fit) in enumerate(zip(splits, folds)):
+        probability[valid] = fit.probability
+        if fit.linear_predictor is not None:
+            lp[valid] = fit.linear_predictor
+        fold[valid] = k
+    aucs = np.array([auc_or_nan(y[valid], fit.probability) for (_, valid), fit in zip(splits, folds)])
     has_lp = not np.isnan(lp).all()
-    return CrossValidatedPredictions(y, probability, lp if has_lp else None, fold, np.array(aucs), params, inner)
+    return CrossValidatedPredictions(y, probability, lp if has_lp else None, fold, aucs,
+                                     [fit.best_params for fit in folds], [fit.best_score for fit in folds])
 
 
 def _fit_fold(model, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None, train: np.ndarray,
-              valid: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], float]:
-    """One outer fold: fit on ``train`` rows; probability, linear predictor, chosen parameters and
-    inner best score of the ``valid`` rows."""
+              valid: np.ndarray) -> FoldFit:
+    """One outer fold: fit on ``train`` rows, predict the ``valid`` rows."""
     fitted = fit_model(model, X.iloc[train], y[train], None if groups is None else groups[train])
-    return (predict_probability(fitted, X.iloc[valid]), linear_predictor(fitted, X.iloc[valid]),
-            getattr(fitted, "best_params_", {}), float(getattr(fitted, "best_score_", np.nan)))
+    return FoldFit.of(fitted, X.iloc[valid])
 
 
 def process_count(n_jobs: int | None, tasks: int) -> int:

@@ -33,6 +33,7 @@ from RadFusionScreenLib.model.feature_selection import (CorrelationPruner, Lasso
                                                        VarianceFilter)
 from RadFusionScreenLib.model.fit_cache import FitCache
 from RadFusionScreenLib.model.harmonize import ComBatHarmonizer
+from RadFusionScreenLib.model.train.shared_steps_search import SharedStepsGridSearchCV
 from RadFusionScreenLib.model.train.splits import StratifiedSiteKFold
 
 CLASSIFIERS = ("lr", "svm", "rf", "extratrees", "xgboost", "lightgbm", "mlp")
@@ -275,8 +276,8 @@ def build_search(
     candidates = list(ParameterGrid(dict(grid)))
     if len(candidates) == 1:
         return clone(pipeline).set_params(**candidates[0])
-    return GridSearchCV(pipeline, dict(grid), scoring="roc_auc", cv=cv, n_jobs=n_jobs, refit=True,
-                        error_score="raise")
+    return SharedStepsGridSearchCV(pipeline, dict(grid), scoring="roc_auc", cv=cv, n_jobs=n_jobs, refit=True,
+                                   error_score="raise")
 
 
 def fit_model(model: Pipeline | GridSearchCV, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None = None):
