@@ -135,7 +135,11 @@ def test_the_shared_steps_search_is_gridsearchcv_bit_for_bit():
             np.testing.assert_array_equal(plain.cv_results_[key], shared.cv_results_[key], err_msg=f"{classifier} {key}")
         assert plain.best_params_ == shared.best_params_ and plain.best_score_ == shared.best_score_
         np.testing.assert_array_equal(plain.predict_proba(X), shared.predict_proba(X), err_msg=classifier)
-    # a grid that tunes an earlier step is GridSearchCV's own path
+    # an integer cv is scikit-learn's stratified K-fold, as in GridSearchCV
     pipeline = build_pipeline(columns, "lr", ModelSettings(site_column=None))
+    plain = GridSearchCV(pipeline, {"classifier__C": [0.1, 1.0]}, scoring="roc_auc", cv=3).fit(X, y)
+    shared = SharedStepsGridSearchCV(pipeline, {"classifier__C": [0.1, 1.0]}, scoring="roc_auc", cv=3).fit(X, y)
+    np.testing.assert_array_equal(plain.cv_results_["mean_test_score"], shared.cv_results_["mean_test_score"])
+    # a grid that tunes an earlier step is GridSearchCV's own path
     search = SharedStepsGridSearchCV(pipeline, {"reduce__cv": [2, 3]}, scoring="roc_auc", cv=3).fit(X, y)
     assert not search._tunes_the_last_step_only() and search.best_params_["reduce__cv"] in (2, 3)

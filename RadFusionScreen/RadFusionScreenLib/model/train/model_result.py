@@ -1,6 +1,6 @@
-"""One model's evaluation: nested CV on the training set, the final fit, the probability
+"""Models' evaluation: nested CV on the training set, the final fit, the probability
 calibration and the Youden threshold from out-of-fold predictions, then the untouched test set
-(a :class:`ModelResult`).
+(a :class:`ModelResult` per model; the fits of all models run as pool tasks, :mod:`.fit_tasks`).
 
 Calibration (:mod:`RadFusionScreenLib.model.calibration`): the method (none, Platt, isotonic)
 is chosen and fitted on the training set's out-of-fold probabilities only, with inner folds

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.base import clone
+from sklearn.base import clone, is_classifier
 from sklearn.metrics import check_scoring
-from sklearn.model_selection import GridSearchCV, ParameterGrid
+from sklearn.model_selection import GridSearchCV, ParameterGrid, check_cv
 from sklearn.pipeline import Pipeline
 
 
@@ -40,7 +40,7 @@ class SharedStepsGridSearchCV(GridSearchCV):
         last_name, last_step = self.estimator.steps[-1]
         candidates = list(ParameterGrid(self.param_grid))
         candidate_params = [{key.split("__", 1)[1]: value for key, value in c.items()} for c in candidates]
-        splits = list(self.cv.split(X, y, groups))
+        splits = list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(X, y, groups))
         scorer = check_scoring(self.estimator, scoring=self.scoring)
         scores = np.empty((len(candidates), len(splits)))
         for j, (train, test) in enumerate(splits):
