@@ -20,9 +20,10 @@ from RadFusionScreenLib.core.errors import InputError
 
 MODALITIES = ("CT", "MR", "US")
 NAME_STYLES = ("pyradiomics", "ibsi")
-# Version of the thin-volume treatments of radiomic.thin_volumes (part of the cache key: cached rows made
-# before them are recomputed). 2: LoG on extraction-grid axes of 1-3 voxels (edge extension).
-THIN_VOLUME_RULES = 2
+# Version of the engine's own rules for radiomic values (part of the cache key: cached rows made
+# before a change are recomputed). 2: LoG on extraction-grid axes of 1-3 voxels (edge extension,
+# radiomic.thin_volumes); 3: GLCM MCC from singular values (radiomic.scoped_classes).
+RADIOMIC_VALUE_RULES = 3
 
 # DICOM modality codes that we map onto one of the shipped default parameter sets.
 _MODALITY_ALIASES = {"CT": "CT", "MR": "MR", "US": "US", "PT": "CT"}
@@ -66,7 +67,7 @@ class ExtractionConfig:
         params_text = Path(self.params).read_text() if self.params else None
         return {
             "engine": __version__,
-            "thin_volume_rules": THIN_VOLUME_RULES,
+            "radiomic_value_rules": RADIOMIC_VALUE_RULES,
             "params_sha256": _sha256_text(params_text) if params_text else None,
             "modality": self.modality,
             "deep": None if self.names == "ibsi" else self.deep,

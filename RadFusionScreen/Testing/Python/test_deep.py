@@ -117,6 +117,29 @@ def test_pooled_features_are_exactly_what_the_imagenet_head_consumes(us):
     assert torch.allclose(feature_map.mean(dim=(2, 3)), pooled, rtol=0, atol=1e-6)
 
 
+def test_relu6_in_place_gives_the_same_features_and_gradients(us):
+    """ReLU6 clamps in place (faster on CPU): features and input gradients equal the out-of-place run."""
+    activations = [m for m in us.model.modules() if isinstance(m, torch.nn.ReLU6)]
+    assert len(activations) == 17 and all(m.inplace for m in activations)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+    def features_and_gradient() -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = x.clone().requires_grad_(True)
+        rows = us.model(leaf)
+        (gradient,) = torch.autograd.grad(rows.sum(), leaf)
+        return rows.detach(), gradient
+
+    in_place = features_and_gradient()
+    try:
+        for module in activations:
+            module.inplace = False
+        out_of_place = features_and_gradient()
+    finally:
+        for module in activations:
+            module.inplace = True
+    assert torch.equal(in_place[0], out_of_place[0]) and torch.equal(in_place[1], out_of_place[1])
+
+
 def test_imagenet_weights_recognise_a_photo(us):
     """A real ImageNet behaviour check (Grace Hopper photo shipped with matplotlib)."""
     cbook = pytest.importorskip("matplotlib.cbook")

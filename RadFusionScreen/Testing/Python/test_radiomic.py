@@ -45,12 +45,20 @@ def ct_like(shape=(36, 112, 113), spacing=(0.8, 0.8, 2.5), centre=(18, 60, 50), 
     return image, mask
 
 
+# GLCM MCC against plain pyradiomics': ours comes from singular values, pyradiomics' from a general
+# eigen-solver whose error reaches ~1e-8 where eigenvalues are close (test_radiomic_fast checks ours
+# against a 50-digit reference). On the 473 LIDC crops the largest difference is 1.5e-8.
+MCC_TOLERANCE = 1e-6
+
+
 def assert_same_features(plain: dict[str, float], cropped: dict[str, float], rtol: float = RTOL) -> None:
+    """Equal to ``rtol`` (0: bit for bit, NaN equal to NaN); GLCM MCC to :data:`MCC_TOLERANCE`."""
     assert plain.keys() == cropped.keys()
     names = sorted(plain)
     a = np.array([plain[n] for n in names])
     b = np.array([cropped[n] for n in names])
-    bad = [n for n, x, y in zip(names, a, b) if not np.isclose(x, y, rtol=rtol, atol=1e-12, equal_nan=True)]
+    atol = [MCC_TOLERANCE if n.endswith("_glcm_MCC") else 1e-12 if rtol else 0.0 for n in names]
+    bad = [n for n, x, y, t in zip(names, a, b, atol) if not np.isclose(x, y, rtol=rtol, atol=t, equal_nan=True)]
     assert not bad, f"{len(bad)} features differ, e.g. {[(n, plain[n], cropped[n]) for n in bad[:3]]}"
 
 
