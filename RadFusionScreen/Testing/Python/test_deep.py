@@ -117,10 +117,16 @@ def test_pooled_features_are_exactly_what_the_imagenet_head_consumes(us):
     assert torch.allclose(feature_map.mean(dim=(2, 3)), pooled, rtol=0, atol=1e-6)
 
 
-def test_relu6_in_place_gives_the_same_features_and_gradients(us):
-    """ReLU6 clamps in place (faster on CPU): features and input gradients equal the out-of-place run."""
+def test_cpu_savings_give_the_same_features_and_gradients(us):
+    """ReLU6 in place and the symmetric "same" padding inside the convolutions (faster on CPU):
+    features and input gradients equal those of the network as the library builds it."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
     activations = [m for m in us.model.modules() if isinstance(m, torch.nn.ReLU6)]
+    convolutions = [m for m in us.model.modules() if isinstance(m, Conv2dStaticSamePadding)]
+    folded = [m for m in convolutions if isinstance(m.static_padding, torch.nn.Identity) and m.padding != (0, 0)]
     assert len(activations) == 17 and all(m.inplace for m in activations)
+    assert len(folded) == 12 and all(list(m.stride) == [1, 1] for m in folded)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
 
     def features_and_gradient() -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,15 +135,21 @@ def test_relu6_in_place_gives_the_same_features_and_gradients(us):
         (gradient,) = torch.autograd.grad(rows.sum(), leaf)
         return rows.detach(), gradient
 
-    in_place = features_and_gradient()
+    saved = features_and_gradient()
     try:
         for module in activations:
             module.inplace = False
-        out_of_place = features_and_gradient()
-    finally:
+        for module in folded:
+            pad = module.padding
+            module.padding, module.static_padding = (0, 0), torch.nn.ZeroPad2d((pad[1], pad[1], pad[0], pad[0]))
+        as_built = features_and_gradient()
+    finally:  # the extractor is shared by the module's tests: put it back
         for module in activations:
             module.inplace = True
-    assert torch.equal(in_place[0], out_of_place[0]) and torch.equal(in_place[1], out_of_place[1])
+        for module in folded:
+            left, _, top, _ = module.static_padding.padding
+            module.padding, module.static_padding = (top, left), torch.nn.Identity()
+    assert torch.equal(saved[0], as_built[0]) and torch.equal(saved[1], as_built[1])
 
 
 def test_imagenet_weights_recognise_a_photo(us):

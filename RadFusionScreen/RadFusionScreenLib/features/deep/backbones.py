@@ -115,6 +115,7 @@ class EfficientNetLite0Extractor(Cnn2dExtractor):
         if self.weights_path.suffix == ".safetensors":  # fine-tuned weights carry their record
             self.fine_tuning = _safetensors_record(self.weights_path)
         _relu6_in_place(network)
+        _same_padding_in_convolutions(network)
         return PooledBackbone(network, trunk="extract_features")
 
     def _weights_options(self) -> dict[str, Any]:
@@ -180,10 +181,24 @@ def get_deep_extractor(name: str = DEFAULT_BACKBONE, **options: Any) -> DeepFeat
 register_backbone(EfficientNetLite0Extractor.name, EfficientNetLite0Extractor)
 
 
+# Two CPU-time savings on EfficientNet-Lite that leave every value as it was (tested equal):
 def _relu6_in_place(network: torch.nn.Module) -> None:
-    """EfficientNet-Lite's ReLU6 clamps in place: each one follows a batch norm whose output
-    nothing else reads, so the values (and gradients) are the same, and a CPU forward pass
-    skips one large memory round trip per activation (~9 % of its time, tested equal)."""
+    """ReLU6 clamps in place: each one follows a batch norm whose output nothing else reads, so
+    values and gradients are the same, without one large memory round trip per activation."""
     for module in network.modules():
         if isinstance(module, torch.nn.ReLU6):
             module.inplace = True
+
+
+def _same_padding_in_convolutions(network: torch.nn.Module) -> None:
+    """A convolution whose TensorFlow "same" padding is symmetric (the stride-1 ones) pads inside
+    the convolution instead of first copying its input into a zero-padded tensor; the zeros it
+    adds are the same. The stride-2 ones pad one more row / column after than before: kept."""
+    from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
+
+    for module in network.modules():
+        if isinstance(module, Conv2dStaticSamePadding) and isinstance(module.static_padding, torch.nn.ZeroPad2d):
+            left, right, top, bottom = module.static_padding.padding
+            if left == right and top == bottom:
+                module.padding = (top, left)
+                module.static_padding = torch.nn.Identity()
