@@ -2,7 +2,7 @@
 extracts, or its error says why (issue 14 item 5).
 
 Run:  .venv/bin/python benchmarks/lidc_extraction.py [--workers 2] [--no-deep] [--deep]
-           [--before /path/to/old/checkout [--repeats 3]] [--json benchmarks/results/lidc_extraction.json]
+           [--json benchmarks/results/lidc_extraction.json]
 
 Each run is one fresh `python -m RadFusionScreenLib extract MANIFEST -o OUT.csv --workers N
 --no-cache` on ../shared/data/lidc (473 nodule crops of 311 patients), as a user types it;
@@ -16,12 +16,6 @@ Each run is one fresh `python -m RadFusionScreenLib extract MANIFEST -o OUT.csv 
   0.1 s with psutil, and the largest single process.
 
 The JSON keeps the other mode's last figures, with when each was measured.
-
-``--before CHECKOUT`` (issue 16 item 3) runs an older checkout's engine and this one
-alternately, ``--repeats`` times each (radiomic + deep), and records the medians, their ratio
-and the equality of the two feature tables: every column equal, bit for bit, NaN equal to NaN,
-except those listed with their largest difference (GLCM MCC: singular values now, see
-``radiomic.scoped_classes``).
 """
 
 from __future__ import annotations
@@ -38,7 +32,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import psutil
 
@@ -53,11 +46,11 @@ NOTE_KINDS = {"B-spline resampling of a 2-voxel axis (mirror extension)": "short
               "LoG sigma refused by pyradiomics' rule (NaN)": "its features are empty (NaN)"}
 
 
-def run_extraction(out: Path, workers: int, deep: bool, engine: Path = ENGINE) -> dict:
+def run_extraction(out: Path, workers: int, deep: bool) -> dict:
     """One `radfusion extract` of the cohort; wall / CPU seconds and the process tree's peak memory."""
     command = [sys.executable, "-m", "RadFusionScreenLib", "extract", str(LIDC / "manifest.csv"), "-o", str(out),
                "--workers", str(workers), "--no-cache"] + ([] if deep else ["--no-deep"])
-    env = dict(os.environ, PYTHONPATH=str(engine))
+    env = dict(os.environ, PYTHONPATH=str(ENGINE))
     start = time.perf_counter()
     process = psutil.Popen(command, env=env, cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
@@ -109,52 +102,6 @@ def outcome(table: pd.DataFrame, n_manifest: int) -> dict:
             "note_kinds": dict(sorted(kinds.items()))}
 
 
-def table_differences(before: pd.DataFrame, after: pd.DataFrame) -> dict:
-    """Columns whose values are not identical (NaN equal to NaN), with their largest difference."""
-    if list(before.columns) != list(after.columns) or list(before["case_id"]) != list(after["case_id"]):
-        return {"same_columns_and_cases": False}
-    differing = {}
-    for column in before.columns:
-        a, b = before[column], after[column]
-        if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
-            x, y = a.to_numpy(float), b.to_numpy(float)
-            if not np.array_equal(x, y, equal_nan=True):
-                differing[column] = float(np.nanmax(np.abs(x - y)))
-        elif not a.fillna("").astype(str).equals(b.fillna("").astype(str)):
-            differing[column] = "text differs"
-    by_kind = Counter(column.split("_", 1)[1] if column.startswith(FEATURE_PREFIXES) else column
-                      for column in differing)
-    numbers = [v for v in differing.values() if isinstance(v, float)]
-    return {"same_columns_and_cases": True, "columns": len(before.columns), "cases": len(before),
-            "columns_differing": len(differing), "differing_by_feature": dict(sorted(by_kind.items())),
-            "largest_difference": max(numbers, default=0.0), "differing_columns": differing}
-
-
-def before_after(before: Path, workers: int, repeats: int) -> dict:
-    """The old checkout's engine and this one alternately, radiomic + deep, ``repeats`` runs each."""
-    runs: dict[str, list[dict]] = {"before": [], "after": []}
-    with tempfile.TemporaryDirectory() as folder:
-        tables = {}
-        for repeat in range(repeats):
-            for label, engine in (("before", before / "RadFusionScreen"), ("after", ENGINE)):
-                out = Path(folder) / f"{label}-{repeat}.csv"
-                runs[label].append(run_extraction(out, workers, deep=True, engine=engine))
-                print(f"  {label} run {repeat + 1}: {runs[label][-1]['wall_s']} s wall", file=sys.stderr)
-                tables.setdefault(label, pd.read_csv(out, low_memory=False))
-    medians = {label: {key: float(np.median([run[key] for run in figures])) for key in ("wall_s", "cpu_s_sampled")}
-               for label, figures in runs.items()}
-    return {"before_checkout": _describe(before), "repeats": repeats, "workers": workers,
-            "wall_s": {label: [run["wall_s"] for run in figures] for label, figures in runs.items()},
-            "cpu_s": {label: [run["cpu_s_sampled"] for run in figures] for label, figures in runs.items()},
-            "median": medians, "wall_ratio_after_before": round(medians["after"]["wall_s"] / medians["before"]["wall_s"], 3),
-            "equality": table_differences(tables["before"], tables["after"])}
-
-
-def _describe(checkout: Path) -> str:
-    done = subprocess.run(["git", "-C", str(checkout), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
-    return done.stdout.strip() or str(checkout)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
@@ -162,8 +109,6 @@ def main() -> int:
                         help="radiomic features only")
     parser.add_argument("--deep", dest="modes", action="append_const", const="deep",
                         help="radiomic + deep features (the default of radfusion extract)")
-    parser.add_argument("--before", type=Path, help="an older checkout whose engine is measured against this one")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each engine with --before (default 3)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not (LIDC / "manifest.csv").is_file():
@@ -171,15 +116,7 @@ def main() -> int:
         return 1
     n_manifest = len(pd.read_csv(LIDC / "manifest.csv"))
     report = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    if args.before is not None:
-        comparison = before_after(args.before, args.workers, args.repeats)
-        comparison["measured"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        report["before_after"] = comparison
-        equality = comparison["equality"]
-        print(f"before {comparison['median']['before']['wall_s']} s, after {comparison['median']['after']['wall_s']} s "
-              f"(medians of {args.repeats}; ratio {comparison['wall_ratio_after_before']}); columns differing: "
-              f"{equality.get('differing_by_feature')} (largest difference {equality.get('largest_difference')})")
-    for mode in args.modes or ([] if args.before is not None else ["no_deep", "deep"]):
+    for mode in args.modes or ["no_deep", "deep"]:
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder) / "features.csv"
             figures = run_extraction(out, args.workers, deep=mode == "deep")

@@ -12,7 +12,8 @@ seconds, since wall time on a shared machine is noisy.
 - ``lidc_cohort``: ``radfusion extract`` of the LIDC nodule crops (../shared/data/lidc, 473 crops,
   median 44 x 44 x 6 voxels) with ``--workers 2 --no-cache``, as a user types it (deep features
   included: the default), and with ``--no-deep``. The feature tables of before and after are
-  compared cell by cell (bit-identical expected).
+  compared cell by cell (bit-identical expected, but GLCM MCC from the commit that computes it
+  from singular values on: there the largest difference per feature kind is given).
 - ``sts001_in_process``: the STS_001 CT (198 x 202 x 59, ROI 117k voxels) screened in one
   process (``Screener(model, processes=1).screen``: the Slicer Logic / Python API) with the CT
   bundle of bench_speed.py, and plain pyradiomics (as shipped, same params, uncropped) in the
@@ -121,22 +122,28 @@ def _figures(values: list[tuple[float, float]], n_cases: int) -> dict:
 
 
 def _same_tables(first: Path, second: Path) -> dict:
-    """Cell-by-cell comparison of two feature tables (CSV floats round-trip exactly)."""
+    """Cell-by-cell comparison of two feature tables (CSV floats round-trip exactly), with the
+    largest difference per feature kind where they differ (e.g. glcm_MCC: singular values now)."""
     import pandas as pd
 
-    a, b = pd.read_csv(first), pd.read_csv(second)
+    a, b = pd.read_csv(first, low_memory=False), pd.read_csv(second, low_memory=False)
     if list(a.columns) != list(b.columns) or len(a) != len(b):
         return {"identical": False, "reason": "different columns or rows"}
-    differing, rows = {}, set()
+    differing, rows, largest = {}, set(), {}
     for column in a.columns:
         left, right = a[column], b[column]
         same = (left == right) | (left.isna() & right.isna())
         if not same.all():
             differing[column] = int((~same).sum())
             rows.update(a.loc[~same, "case_id"])
+            kind = column.split("_", 1)[-1]
+            if pd.api.types.is_numeric_dtype(left) and pd.api.types.is_numeric_dtype(right):
+                largest[kind] = max(largest.get(kind, 0.0), float((left - right).abs().max()))
+            else:
+                largest[kind] = "text"
     families = sorted({c.split("_", 1)[0] for c in differing})
     return {"identical": not differing, "differing_columns": len(differing), "families": families,
-            "cases": sorted(rows)[:20]}
+            "largest_difference_by_feature": largest, "cases_differing": len(rows), "cases": sorted(rows)[:20]}
 
 
 # ---------------------------------------------------------------------- STS_001 in process
@@ -161,8 +168,10 @@ def sts_in_process(engines: dict[str, Path], repeats: int) -> dict:
                      "ratio": screen / plain, "runs": len(values["screen"])}
     if len(radiomic) == 2:
         first, second = radiomic.values()
-        out["radiomic_features_identical"] = list(first) == list(second) and all(
-            first[n] == second[n] or (first[n] != first[n] and second[n] != second[n]) for n in first)  # NaN == NaN
+        differing = {n: abs(first[n] - second[n]) for n in first
+                     if not (first[n] == second[n] or (first[n] != first[n] and second[n] != second[n]))}  # NaN == NaN
+        out["radiomic_features_identical"] = list(first) == list(second) and not differing
+        out["radiomic_features_differing"] = differing
     return out
 
 
@@ -209,8 +218,8 @@ def print_table(report: dict, names: list[str]) -> None:
             if "tables_identical" in cohort[variant]:
                 same = cohort[variant]["tables_identical"]
                 detail = "yes" if same["identical"] else (
-                    f"no: {same['differing_columns']} columns ({', '.join(same['families'])}) "
-                    f"in {', '.join(same['cases'])}")
+                    f"no: {same['differing_columns']} columns, largest difference by feature "
+                    f"{same.get('largest_difference_by_feature')} ({same.get('cases_differing')} cases)")
                 print(f"{'  feature tables before == after':<46}{detail}")
     ct = report.get("sts001_in_process")
     if ct:
@@ -220,7 +229,9 @@ def print_table(report: dict, names: list[str]) -> None:
         print(f"{'  plain pyradiomics, same process':<46}{row}")
         print(f"{'  ratio screen / plain pyradiomics':<46}" + "".join(f"{ct[n]['ratio']:>26.2f}" for n in names))
         if "radiomic_features_identical" in ct:
-            print(f"{'  radiomic features before == after':<46}{'yes' if ct['radiomic_features_identical'] else 'NO'}")
+            differing = ct.get("radiomic_features_differing") or {}
+            detail = "yes" if ct["radiomic_features_identical"] else f"no: {differing}"
+            print(f"{'  radiomic features before == after':<46}{detail}")
     print(f"CUDA: {report['cuda']}")
 
 
