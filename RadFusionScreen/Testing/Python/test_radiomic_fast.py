@@ -10,6 +10,7 @@ on its own against a 50-digit reference.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from conftest import shared_path
 from RadFusionScreenLib.features.radiomic import scoped_classes as radiomic_fast
+from RadFusionScreenLib.features.radiomic.direct_reductions import NUMPY_DIRECT
 from RadFusionScreenLib.features.radiomic import native_calls as radiomic_nogil
 from RadFusionScreenLib.inputs.images import read_image, read_mask
 from RadFusionScreenLib.features.radiomic import RadiomicExtractor, default_params_path
@@ -227,6 +229,34 @@ def test_pyradiomics_itself_is_untouched():
     # the fast classes report pyradiomics' own feature table (names and deprecated flags)
     for name, fast in radiomic_fast.FEATURE_CLASSES.items():
         assert fast.getFeatureNames() == classes[name].getFeatureNames()
+    # their copies of pyradiomics' methods see the direct reductions; pyradiomics' own see numpy
+    getter = radiomic_fast.FEATURE_CLASSES["glcm"].getJointEnergyFeatureValue
+    assert getter.__globals__["numpy"] is NUMPY_DIRECT and getter is not classes["glcm"].getJointEnergyFeatureValue
+    assert classes["glcm"].getJointEnergyFeatureValue.__globals__["numpy"] is np
+
+
+def test_direct_reductions_equal_numpy():
+    """sum / nanmean / nanpercentile / nanmedian of NUMPY_DIRECT == numpy's, bit for bit and of the
+    same type: plain float rows (odd and even lengths, ties, strided views) take the direct path;
+    NaN, float32, axis tuples, empty arrays and other arguments go to numpy's own."""
+    rng = np.random.default_rng(7)
+    arrays = []
+    for length in (1, 2, 7, 8, 599, 600, 1001):
+        values = rng.normal(size=(2, length)) * 10.0 ** rng.integers(-3, 4)
+        arrays += [values, np.round(values), values[:1], np.asarray(values[:, ::2])[:, ::1], values[:, ::2]]
+    with_nan = rng.normal(size=(1, 40))
+    with_nan[0, 3] = np.nan
+    arrays += [with_nan, rng.normal(size=(1, 40)).astype(np.float32), np.empty((1, 0))]
+    calls = [("sum", (1,), {}), ("sum", (), {}), ("sum", (1,), {"keepdims": True}), ("nanmean", (1,), {}),
+             ("nanmean", ((0, 1),), {}), ("nanmedian", (1,), {})]
+    calls += [("nanpercentile", (q,), {"axis": 1}) for q in (10, 25, 75, 90)] + [("nanpercentile", (50, 1), {})]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's own "mean of empty slice"
+        for array in arrays:
+            for name, args, kwargs in calls:
+                expected = getattr(np, name)(array, *args, **kwargs)
+                got = getattr(NUMPY_DIRECT, name)(array, *args, **kwargs)
+                assert type(got) is type(expected) and np.array_equal(got, expected, equal_nan=True), (name, array.shape)
 
 
 class _StockWithThinLog(RadiomicsFeatureExtractor):
