@@ -3,7 +3,7 @@
 Every comparison is exact (==, NaN equal to NaN): the fast classes keep each floating-point
 operation and its order, so any difference is a bug, however small. One exception: GLCM MCC
 comes from singular values, not pyradiomics' general eigen-solver; against pyradiomics it may
-differ by that solver's own error (up to ~1e-8 where eigenvalues are close), and it is checked
+differ by that solver's own error (up to ~1e-7 per angle where eigenvalues are close), and it is checked
 on its own against a 50-digit reference.
 """
 
@@ -154,7 +154,7 @@ def _reference_mcc(P: np.ndarray) -> list[float]:  # noqa: N803
 def test_mcc_matches_a_50_digit_reference():
     """MCC per angle from singular values == its definition computed to 50 digits, on
     sparse and dense GLCMs, a gray level absent in one direction, and a GLCM in two disconnected
-    parts (eigenvalue 1 twice: MCC exactly 1, where a general eigen-solver loses ~1e-8)."""
+    parts (eigenvalue 1 twice: MCC exactly 1, where a general eigen-solver loses up to ~1e-7)."""
     rng = np.random.default_rng(5)
     glcms = [_glcm(rng, ng, 3, occupancy) for ng, occupancy in ((2, 1.0), (6, 0.3), (9, 0.6), (12, 1.0))]
     absent = _glcm(rng, 8, 2, 0.5)
@@ -243,7 +243,7 @@ def test_direct_reductions_equal_numpy():
     arrays = []
     for length in (1, 2, 7, 8, 599, 600, 1001):
         values = rng.normal(size=(2, length)) * 10.0 ** rng.integers(-3, 4)
-        arrays += [values, np.round(values), values[:1], np.asarray(values[:, ::2])[:, ::1], values[:, ::2]]
+        arrays += [values, np.round(values), values[:1], np.ascontiguousarray(values[:, ::2]), values[:, ::2]]
     with_nan = rng.normal(size=(1, 40))
     with_nan[0, 3] = np.nan
     arrays += [with_nan, rng.normal(size=(1, 40)).astype(np.float32), np.empty((1, 0))]
@@ -256,7 +256,8 @@ def test_direct_reductions_equal_numpy():
             for name, args, kwargs in calls:
                 expected = getattr(np, name)(array, *args, **kwargs)
                 got = getattr(NUMPY_DIRECT, name)(array, *args, **kwargs)
-                assert type(got) is type(expected) and np.array_equal(got, expected, equal_nan=True), (name, array.shape)
+                same = type(got) is type(expected) and np.array_equal(got, expected, equal_nan=True)
+                assert same, (name, array.shape, array.dtype)
 
 
 class _StockWithThinLog(RadiomicsFeatureExtractor):
