@@ -36,35 +36,39 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "RadFusionScreen"))
 
+from RadFusionScreenLib.app.train_command import TrainOptions  # noqa: E402
 from RadFusionScreenLib.model.calibration import calibration_metrics, select_calibrator  # noqa: E402
-from RadFusionScreenLib.model.train import (ModelSettings, StratifiedSiteKFold, build_pipeline,  # noqa: E402
-                                            build_search, fit_model, group_labels, infer_feature_columns,
-                                            param_grid, predict_probability, split_cohort)
+from RadFusionScreenLib.model.train import (StratifiedSiteKFold, build_pipeline, build_search, fit_model,  # noqa: E402
+                                            group_labels, infer_feature_columns, param_grid, predict_probability,
+                                            split_cohort)
 from RadFusionScreenLib.stats.roc import roc_auc  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "lidc_fold_ensemble.json"
-FOLDS = 5
 
 
 def one_split(table: pd.DataFrame, seed: int) -> dict:
     """The fused logistic regression of one split seed, served as the final model and as the fold mean."""
     from sklearn.base import clone
 
-    split = split_cohort(table, 0.3, seed, stratify="label", groups="patient_id")
+    # `radfusion train --groups patient_id --clinical diameter_mm --seed SEED` on a table without sites
+    options = TrainOptions(clinical=("diameter_mm",), group_column="patient_id", site_column=None, seed=seed)
+    split = split_cohort(table, options.test_size, seed, stratify=options.label_column, groups=options.group_column)
     train, test = split.train, split.test
-    y_train, y_test = train["label"].to_numpy(int), test["label"].to_numpy(int)
-    groups = group_labels(train, "patient_id")
-    columns = infer_feature_columns(table, ["diameter_mm"]).for_set("fused")
-    settings = ModelSettings(site_column=None, harmonize=False, random_state=seed)  # `radfusion train --seed`
-    search = build_search(build_pipeline(columns, "lr", settings), param_grid("lr", "full"),
-                          StratifiedSiteKFold(FOLDS, None, random_state=seed + 1))
+    y_train, y_test = train[options.label_column].to_numpy(int), test[options.label_column].to_numpy(int)
+    groups = group_labels(train, options.group_column)
+    columns = infer_feature_columns(table, options.clinical).for_set("fused")
+    settings = options.settings()
+    # as compare_models: inner folds seeded random_state + 1, outer folds random_state
+    search = build_search(build_pipeline(columns, "lr", settings), param_grid("lr", options.grid),
+                          StratifiedSiteKFold(options.inner_folds, None, random_state=settings.random_state + 1))
     final = fit_model(search, train, y_train, groups)
+    outer = StratifiedSiteKFold(options.outer_folds, None, random_state=settings.random_state)
     out_of_fold, fold_test = np.full(len(train), np.nan), []
-    for fold_train, fold_valid in StratifiedSiteKFold(FOLDS, None, random_state=seed).split(train, y_train, groups):
+    for fold_train, fold_valid in outer.split(train, y_train, groups):
         model = fit_model(clone(final.best_estimator_), train.iloc[fold_train], y_train[fold_train])
         out_of_fold[fold_valid] = predict_probability(model, train.iloc[fold_valid])
         fold_test.append(predict_probability(model, test))
-    calibration = select_calibrator(out_of_fold, y_train, groups, FOLDS, seed)
+    calibration = select_calibrator(out_of_fold, y_train, groups, options.inner_folds, settings.random_state)
     served = {"final": predict_probability(final, test), "fold_ensemble": np.mean(fold_test, axis=0)}
     row: dict = {"seed": seed, "training_cases": len(train), "test_cases": len(test),
                  "best_params": final.best_params_, "calibration": calibration.calibrator.describe()}
