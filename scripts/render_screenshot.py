@@ -32,7 +32,8 @@ OUTLINE_THICKNESS = 2  # segmentation display node's slice-intersection thicknes
 def test_split(model: Path) -> set[str]:
     """Case IDs of the bundle's internal test split (the bundle records their predictions)."""
     manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
-    return set(manifest.get("training", {}).get("reference", {}).get("test_predictions", {}))
+    reference = manifest.get("training", {}).get("reference", {})
+    return set(reference.get("test_predictions") or reference.get("refit_predictions") or {})
 
 
 def pick_case(data: Path, model: Path) -> str:

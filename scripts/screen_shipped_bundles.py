@@ -107,11 +107,12 @@ def screen_with_cli(bundle: Path, case: dict[str, str], clinical: dict[str, str]
 
 def screen_bundle(bundle: Path) -> list[list[str]]:
     """Table rows (API, CLI) for one bundle; raises when it cannot screen its case."""
+    from RadFusionScreenLib.model.bundle import recorded_predictions
     from RadFusionScreenLib.serving.screening import Screener
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     modality = str((manifest.get("extraction") or {}).get("modality", "?"))
-    recorded = ((manifest.get("training") or {}).get("reference") or {}).get("test_predictions") or {}
+    recorded, in_sample = recorded_predictions(manifest)
     case = pick_case(modality, recorded)
     started = time.perf_counter()
     screener = Screener(bundle, device="cpu")
@@ -129,7 +130,8 @@ def screen_bundle(bundle: Path) -> list[list[str]]:
     reference = recorded.get(case["case_id"])
     if reference is not None and abs(api - float(reference)) > AGREE:
         raise RuntimeError(f"probability {api:.9f} does not reproduce the bundle's recorded {float(reference):.9f}")
-    note = "" if reference is None else f"recorded {float(reference):.6f}"
+    note = "" if reference is None else f"recorded {float(reference):.6f}" + (" (in-sample: refitted on every case)"
+                                                                             if in_sample else "")
     note += "".join(f"; {w}" for w in result.warnings)
     return [[bundle.name, modality, case["case_id"], "API", f"{api:.6f}", f"{api_seconds:.1f}", note],
             [bundle.name, modality, case["case_id"], "CLI", f"{cli:.6f}", f"{cli_seconds:.1f}", ""]]

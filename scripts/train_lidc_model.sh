@@ -25,7 +25,7 @@ for column in ("image", "mask"):
 cases.to_csv(target, index=False)
 PY
 .venv/bin/radfusion train out/lidc_manifest.csv --groups patient_id --clinical diameter_mm --jobs 2 \
-    --deep-views orthogonal \
+    --deep-views orthogonal --refit-all \
     --features out/lidc_features.csv --cache out/.radfusion_cache \
     --card-notes docs/lidc-model-notes.md \
     --out models/lidc-ct-nodule --report out/lidc-report.html --json > out/lidc-summary.json

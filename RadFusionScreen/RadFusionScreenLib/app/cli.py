@@ -124,6 +124,9 @@ def _add_train_command(commands) -> None:
                         "(default: every core; results do not depend on it)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates for the AUC interval")
     parser.add_argument("--card-notes", help="markdown for the bundle's model card: data source, citation, limitations")
+    parser.add_argument("--refit-all", action="store_true",
+                        help="bundle the shipped model's configuration refitted on every case (TRIPOD); the test "
+                        "split then validates the configuration, and the card says so")
     parser.add_argument("--features", help="manifest input: where to write the extracted feature table")
     parser.add_argument("--workers", type=int, default=1, help="manifest input: extraction worker processes")
     parser.add_argument("--cache", help="manifest input: feature cache folder")
@@ -244,7 +247,8 @@ def run_train(args: argparse.Namespace) -> int:
         reduction=args.reduction, univariate_test=args.univariate,
         correlation_threshold=None if args.correlation >= 1 else args.correlation, harmonize=not args.no_combat, icc_type=args.icc_type,
         icc_threshold=args.icc_threshold, workers=args.workers, jobs=args.jobs, cache=args.cache or "auto",
-        features_path=args.features, card_notes=args.card_notes, extraction=_config(args).__dict__,
+        features_path=args.features, card_notes=args.card_notes, refit_all=args.refit_all,
+        extraction=_config(args).__dict__,
     )
     start = time.perf_counter()
     result = build_model(args.input, args.out, options, report_path=args.report,

@@ -46,7 +46,7 @@ def run_demo(output: str | os.PathLike = "demo_output", model: str | None = None
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     screener = Screener(model)
-    image_path, mask_path, description, recorded = example_case(screener, out)
+    image_path, mask_path, description, recorded, in_sample = example_case(screener, out)
     result = screener.screen(image_path, mask_path)
     image = read_image(image_path)  # the grid the heat map is on (pictures: one-slice volumes)
     mask = read_mask(mask_path, reference=image)
@@ -54,7 +54,8 @@ def run_demo(output: str | os.PathLike = "demo_output", model: str | None = None
     (out / "overlay.png").write_bytes(views)
     summary = f"example: {description}\n" + result.summary_text()
     if recorded is not None:
-        summary += f"\nthe bundle recorded probability {recorded:.6f} for this test case"
+        seen = " (the shipped model, refitted on every case, has seen it)" if in_sample else ""
+        summary += f"\nthe bundle recorded probability {recorded:.6f} for this internal-test case{seen}"
     (out / "summary.txt").write_text(summary + "\n")
     (out / "result.json").write_text(json.dumps({"example": description, "recorded_probability": recorded,
                                                  **result.to_dict()}, indent=2, allow_nan=False))
@@ -63,13 +64,16 @@ def run_demo(output: str | os.PathLike = "demo_output", model: str | None = None
                                    f"written: {out / 'summary.txt'}, {out / 'overlay.png'}, {out / 'report.html'}"]
 
 
-def example_case(screener: Any, out: Path) -> tuple[Path, Path, str, float | None]:
-    """A case of the bundle's modality: shared public data when present, else a generated phantom."""
-    recorded = ((screener.bundle.manifest.get("training") or {}).get("reference") or {}).get("test_predictions") or {}
+def example_case(screener: Any, out: Path) -> tuple[Path, Path, str, float | None, bool]:
+    """A case of the bundle's modality (shared public data when present, else a generated phantom),
+    and whether the shipped model has seen the case whose probability it recorded."""
+    from RadFusionScreenLib.model.bundle import recorded_predictions
+
+    recorded, in_sample = recorded_predictions(screener.bundle.manifest)
     if screener.modality == "US":
-        return _busi_case(recorded) or _phantom_ultrasound(out)
+        return (*(_busi_case(recorded) or _phantom_ultrasound(out)), in_sample)
     if screener.modality == "CT":
-        return _lidc_case(recorded) or _phantom_ct(out)
+        return (*(_lidc_case(recorded) or _phantom_ct(out)), in_sample)
     raise InputError(f"no example case for a {screener.modality or 'modality-less'} model: "
                      "screen your own case with `radfusion screen IMAGE MASK --model ...`")
 

@@ -9,7 +9,13 @@ the test set clean:
 3. ICC filter: reproducibility from the repeated measurements of the *training* cases only;
 4. :func:`~.train.compare_models`: nested CV of every feature set x classifier, then the
    test set once;
-5. summary (JSON numbers), HTML report, model bundle.
+5. summary (JSON numbers), HTML report, model bundle;
+6. optionally (``refit_all``, ``--refit-all``): the shipped model's configuration built again on
+   every case, as TRIPOD recommends for a final model (Collins et al. 2015, item 10b; Steyerberg,
+   *Clinical Prediction Models*, ch. 17). The split above has then validated the *configuration*
+   (feature set, classifier family, its grid, calibration selection, nomogram): the bundle serves
+   the refitted model and reports the split's figures as that configuration's internal test.
+   Nothing of step 6 feeds back into steps 2-5, whose figures are those of a run without it.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ class TrainOptions:
     cache: str | None = "auto"
     features_path: str | None = None  # where a manifest's features are written
     card_notes: str | None = None  # markdown file: data source, citation, limitations (model card)
+    refit_all: bool = False  # ship the chosen configuration refitted on every case (step 6 above)
     extraction: dict[str, Any] = field(default_factory=dict)  # ExtractionConfig fields
 
     def settings(self) -> ModelSettings:
@@ -98,6 +105,9 @@ def build_model(
     from RadFusionScreenLib.presentation.model_report import write_report
 
     log = progress or (lambda message: None)
+    if options.refit_all and options.external_site is not None:
+        raise InputError(f"--refit-all with --external-site {options.external_site!r}: an external validation "
+                         "keeps its site out of the model; use one or the other")
     table, extraction = load_training_table(Path(input_path), options, out_dir, log)
     # a table without the site column: no ComBat, no site columns (a copy: the caller's options stay)
     options = replace(options, site_column=options.site_column if options.site_column in table.columns else None)
@@ -124,15 +134,21 @@ def build_model(
         shap = _shap_of(comparison, shipped, split.test if len(split.test) else split.train)
         write_report(report, comparison, summary, shap, shipped)
         log(f"report -> {report}")
+    shipped_comparison, validation, reference_cases = comparison, None, split.train
+    if options.refit_all:
+        reference_cases = pd.concat([split.train, split.test])
+        shipped_comparison, validation = refit_on_all_cases(reference_cases, split, columns, comparison, options, log)
+        summary["refit"] = refit_summary(shipped_comparison, reference_cases, options)
     bundle = None
     if out_dir is not None:
         bundle = Path(out_dir)
-        shipped = shipped_model_name(comparison)
-        write_bundle(bundle, comparison, name=bundle.name, extraction=extraction,
-                     feature_set=comparison.results[shipped].feature_set,
-                     classifier=comparison.results[shipped].classifier,
-                     training_summary={"cohort": cohort, "metrics": summary, "settings": _settings_record(options),
-                                       "reference": reference_record(comparison, shipped, split)})
+        shipped = shipped_model_name(shipped_comparison)
+        training = {"cohort": cohort, "metrics": summary, "settings": _settings_record(options),
+                    "reference": reference_record(shipped_comparison, shipped, reference_cases, split.test)}
+        write_bundle(bundle, shipped_comparison, name=bundle.name, extraction=extraction,
+                     feature_set=shipped_comparison.results[shipped].feature_set,
+                     classifier=shipped_comparison.results[shipped].classifier,
+                     training_summary=training, validation=validation)
         write_card(bundle, options, dict(zip(split.test["case_id"].astype(str), split.test[options.label_column])))
         digest = bundle_digest(json.loads((bundle / "manifest.json").read_text(encoding="utf-8")))
         summary["bundle"] = {"path": str(bundle), "digest": digest}
@@ -286,23 +302,83 @@ def icc_filtered_columns(train: pd.DataFrame, columns: FeatureColumns,
 
 
 # ==================================================================== records
-def reference_record(comparison: Any, shipped: str, split: Any) -> dict[str, Any]:
-    """What screening a new case is checked against: training ranges, and the recorded test
-    predictions (so a re-screened test case can be compared with the bundle's own number)."""
-    from RadFusionScreenLib.model.train import selected_feature_names
+def reference_record(comparison: Any, shipped: str, cases: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
+    """What screening a new case is checked against: the ranges of the features the shipped model
+    uses over the ``cases`` it was fitted on, and recorded predictions (so a re-screened case can
+    be compared with the bundle's own number): ``test_predictions`` of the internal test cases, or,
+    for a model refitted on every case, ``refit_predictions`` of the same cases (in-sample)."""
+    from RadFusionScreenLib.model.train import predict_probability, selected_feature_names
 
-    train = split.train
-    numeric = [c for c in train.columns if pd.api.types.is_numeric_dtype(train[c])]
+    numeric = [c for c in cases.columns if pd.api.types.is_numeric_dtype(cases[c])]
     result = comparison.results[shipped]
     used = [c for c in selected_feature_names(result.model) if c in numeric]
-    ranges = {c: [float(train[c].quantile(q)) for q in (0.0, 0.01, 0.99, 1.0)] for c in used}
+    ranges = {c: [float(cases[c].quantile(q)) for q in (0.0, 0.01, 0.99, 1.0)] for c in used}
     record: dict[str, Any] = {"feature_ranges_min_p1_p99_max": ranges}
     if "roi_voxels" in numeric:
-        record["roi_voxels_min_max"] = [int(train["roi_voxels"].min()), int(train["roi_voxels"].max())]
+        record["roi_voxels_min_max"] = [int(cases["roi_voxels"].min()), int(cases["roi_voxels"].max())]
     if result.test_probability is not None:
-        record["test_predictions"] = {str(case): float(p) for case, p in zip(split.test["case_id"], result.test_probability)}
+        record["test_predictions"] = {str(case): float(p) for case, p in zip(test["case_id"], result.test_probability)}
+    elif len(test) and result.calibration is not None:
+        probability = result.calibration.apply(predict_probability(result.model, test))
+        record["refit_predictions"] = {str(case): float(p) for case, p in zip(test["case_id"], probability)}
     return record
 
+
+# ====================================================================== refit
+def refit_on_all_cases(cases: pd.DataFrame, split: Any, columns: FeatureColumns, comparison: Any,
+                       options: TrainOptions, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The shipped model's configuration built again on every case (module doc, step 6).
+
+    The same :func:`compare_models` runs on all cases with only the shipped feature set and
+    classifier (plus the rad/deep-score models and the nomogram): its grid search, calibration
+    selection and Youden threshold are refitted by the same nested rules, grouped as before.
+    Returns that comparison (no test set) and the validation record of the configuration: the
+    split's figures of the model it replaces."""
+    if not len(split.test):
+        raise InputError("--refit-all needs a test split that validates the configuration first")
+    validated = comparison.shipped_result()
+    log(f"refit: {validated.name}'s configuration on all {len(cases)} cases")
+    refit = compare_models(
+        cases, None, columns=columns, label_column=options.label_column, group_column=options.group_column,
+        feature_sets=(validated.feature_set,), classifiers=(validated.classifier,),
+        categorical_columns=options.categorical, settings=options.settings(), grid=options.grid,
+        outer_folds=options.outer_folds, inner_folds=options.inner_folds, n_boot=options.n_boot,
+        n_jobs=options.jobs, progress=log)
+    return refit, validation_record(comparison, validated, split)
+
+
+def validation_record(comparison: Any, validated: Any, split: Any) -> dict[str, Any]:
+    """The split's figures of the configuration a refitted model keeps: its model developed on the
+    training part, its threshold, test metrics and test calibration (before / after its calibrator)."""
+    from RadFusionScreenLib.model.calibration import calibration_metrics
+
+    record: dict[str, Any] = {
+        "what": "the same configuration developed on the training part only and tested once on the internal "
+                "test part; the shipped model is that configuration refitted on every case",
+        "result": validated.name, "threshold": validated.threshold, "metrics": validated.row(),
+        "split": split.description, "calibration_test_set": None,
+    }
+    if validated.calibration is not None and validated.test_probability_uncalibrated is not None:
+        record["calibrator"] = validated.calibration.calibrator.describe()
+        record["calibration_test_set"] = {
+            "before": calibration_metrics(comparison.y_test, validated.test_probability_uncalibrated),
+            "after": calibration_metrics(comparison.y_test, validated.test_probability)}
+    return record
+
+
+def refit_summary(refit: Any, cases: pd.DataFrame, options: TrainOptions) -> dict[str, Any]:
+    """The refitted model: what it was fitted on and its nested-CV figures over every case."""
+    result = refit.shipped_result()
+    y = cases[options.label_column].astype(int)
+    info: dict[str, Any] = {"n": int(len(cases)), "n_positive": int(y.sum()), "prevalence": float(y.mean()),
+                            "model": result.name, "best_params": to_jsonable(result.best_params),
+                            "cv_auc_mean": result.cv_auc_mean, "cv_auc_sd": result.cv_auc_sd,
+                            "cv_auc_pooled": result.cv_auc_pooled, "threshold": result.threshold,
+                            "calibration": None if result.calibration is None else result.calibration.to_dict(),
+                            "n_features": len(result.selected_features)}
+    if options.group_column:
+        info["n_groups"] = int(cases[options.group_column].nunique())
+    return info
 
 
 def cohort_description(table: pd.DataFrame, split: Any, options: TrainOptions, columns: FeatureColumns) -> dict[str, Any]:
@@ -325,7 +401,8 @@ def cohort_description(table: pd.DataFrame, split: Any, options: TrainOptions, c
 
 def _settings_record(options: TrainOptions) -> dict[str, Any]:
     keep = ("test_size", "seed", "external_site", "feature_sets", "classifiers", "grid", "outer_folds",
-            "inner_folds", "n_boot", "reduction", "univariate_test", "correlation_threshold", "harmonize", "icc_type", "icc_threshold")
+            "inner_folds", "n_boot", "reduction", "univariate_test", "correlation_threshold", "harmonize", "icc_type", "icc_threshold",
+            "refit_all")
     return {name: to_jsonable(getattr(options, name)) for name in keep}
 
 

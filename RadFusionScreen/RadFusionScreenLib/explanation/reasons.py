@@ -21,7 +21,8 @@
 - :func:`operating_point`: sensitivity and specificity of the shipped model at its decision
   threshold on the bundle's internal test set (counts recovered from the recorded rates and
   the test cohort's size, Wilson 95 % intervals), and PPV / NPV at the training prevalence
-  (Bayes' rule; logit intervals of Mercaldo, Lau & Zhou, Stat Med 2007;26:2170).
+  (Bayes' rule; logit intervals of Mercaldo, Lau & Zhou, Stat Med 2007;26:2170). For a model
+  refitted on every case, those of its configuration, developed without the test cases.
 
 Nothing here imports scikit-learn, matplotlib, Qt or Slicer.
 """
@@ -129,7 +130,8 @@ def operating_point(manifest: Mapping[str, Any], conf_level: float = 0.95) -> di
     from RadFusionScreenLib.stats import binomial_confidence_interval
 
     primary = (manifest.get("models") or {}).get("primary") or {}
-    metrics = primary.get("metrics") or {}
+    validation = primary.get("validation")  # a model refitted on every case: its configuration's test
+    metrics = (validation or primary).get("metrics") or {}
     cohort = (manifest.get("training") or {}).get("cohort") or {}
     test, train = cohort.get("test") or {}, cohort.get("train") or {}
     sensitivity, specificity = metrics.get("test_sensitivity"), metrics.get("test_specificity")
@@ -149,11 +151,16 @@ def operating_point(manifest: Mapping[str, Any], conf_level: float = 0.95) -> di
 
     ppv, npv = _predictive_values(tp, positives, tn, negatives, prevalence, z)
     threshold = float(manifest.get("decision_threshold", primary.get("threshold", float("nan"))))
+    source = (f"the bundle's internal test set ({int(test['n'])} cases, {positives} positive), "
+              "used once after the model and its threshold were fixed")
+    if validation:
+        threshold = float(validation.get("threshold", float("nan")))
+        source += (f"; measured on the same configuration developed without those cases (its threshold "
+                   f"{threshold:.3f}); the shipped model is that configuration refitted on every case")
     return {
         "model": primary.get("result"), "threshold": threshold,
         "threshold_rule": "Youden's J on the training set's out-of-fold predictions",
-        "source": f"the bundle's internal test set ({int(test['n'])} cases, {positives} positive), "
-                  "used once after the model and its threshold were fixed",
+        "source": source,
         "sensitivity": proportion(tp, positives), "specificity": proportion(tn, negatives),
         "prevalence": prevalence, "ppv": ppv, "npv": npv, "conf_level": conf_level,
         "ci_method": "Wilson (sensitivity, specificity); logit, Mercaldo et al. 2007 (PPV, NPV at the "

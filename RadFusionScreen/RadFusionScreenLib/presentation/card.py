@@ -44,9 +44,12 @@ def model_card_text(manifest: Mapping[str, Any], notes: str = "",
     ]
     if notes.strip():
         lines += [notes.strip(), ""]
-    lines += _cohort_section(training.get("cohort") or {})
-    lines += _model_section(primary, manifest)
-    lines += _metrics_section(models, metrics)
+    refit = metrics.get("refit") if primary.get("validation") else None
+    lines += _cohort_section(training.get("cohort") or {}, refit)
+    lines += _model_section(primary, manifest, refit)
+    lines += _metrics_section(models, metrics, refit)
+    if refit:
+        lines += _refit_section(refit)
     lines += _calibration_section(manifest, primary, test_labels)
     lines += _limitations(training.get("cohort") or {}, manifest)
     return "\n".join(lines).rstrip() + "\n"
@@ -60,33 +63,41 @@ def fitting_remarks(summary: Mapping[str, Any]) -> list[str]:
     return remarks + [f"{name}: not built: {why}" for name, why in (summary.get("failed_models") or {}).items()]
 
 
-def _cohort_section(cohort: Mapping[str, Any]) -> list[str]:
-    def part(name: str) -> str:
-        info = cohort.get(name) or {}
-        groups = f", {info['n_groups']} groups" if "n_groups" in info else ""
-        return (f"{info.get('n', '?')} cases ({info.get('n_positive', '?')} positive, "
-                f"prevalence {number(info.get('prevalence'))}{groups})")
+def _cases(info: Mapping[str, Any]) -> str:
+    groups = f", {info['n_groups']} groups" if "n_groups" in info else ""
+    return (f"{info.get('n', '?')} cases ({info.get('n_positive', '?')} positive, "
+            f"prevalence {number(info.get('prevalence'))}{groups})")
 
-    return ["## Cohort", "", f"- split: {cohort.get('split', '?')}", f"- training: {part('train')}",
-            f"- internal test: {part('test')}",
+
+def _cohort_section(cohort: Mapping[str, Any], refit: Mapping[str, Any] | None) -> list[str]:
+    shipped = ([f"- the shipped model: refitted on all {_cases(refit)}; the split above validated its "
+                "configuration (below)"] if refit else [])
+    return ["## Cohort", "", f"- split: {cohort.get('split', '?')}", f"- training: {_cases(cohort.get('train') or {})}",
+            f"- internal test: {_cases(cohort.get('test') or {})}", *shipped,
             f"- features: {cohort.get('n_radiomic_features', 0)} radiomic, {cohort.get('n_deep_features', 0)} deep; "
             f"clinical: {', '.join(cohort.get('clinical') or []) or 'none'}", ""]
 
 
-def _model_section(primary: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+def _model_section(primary: Mapping[str, Any], manifest: Mapping[str, Any],
+                   refit: Mapping[str, Any] | None) -> list[str]:
     deep = (manifest.get("extraction") or {}).get("deep") or {}
+    fitted_on = f"all {refit.get('n', '?')} cases'" if refit else "training"
     return ["## Shipped model", "",
             f"- {primary.get('result')} ({primary.get('feature_set')} features, classifier {primary.get('classifier')}), "
             f"{len(primary['spec'].get('input_columns', []))} input columns",
-            f"- decision threshold {number(manifest.get('decision_threshold'))} (Youden, on training out-of-fold "
+            f"- decision threshold {number(manifest.get('decision_threshold'))} (Youden, on {fitted_on} out-of-fold "
             "predictions)",
             f"- deep features: {deep.get('backbone', '?')} ({deep.get('weights', '')}), {deep.get('layer', '')}",
             "- radiomic features: PyRadiomics with the params YAML recorded in manifest.json", ""]
 
 
-def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any]) -> list[str]:
+def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any],
+                     refit: Mapping[str, Any] | None) -> list[str]:
+    validates = (f" These models were developed on the training part only: they validate the configuration "
+                 f"of {refit.get('model')}, which the bundle serves refitted on every case." if refit else "")
     lines = ["## Internal test metrics", "",
-             "Best model of each family by nested-CV AUC on the training set; the test set was used once.", "",
+             f"Best model of each family by nested-CV AUC on the training set; the test set was used once.{validates}",
+             "",
              "| family | model | CV AUC (mean ± SD) | test AUC (95% CI, DeLong) | bootstrap CI | sensitivity | specificity |",
              "|---|---|---|---|---|---|---|"]
     for family in FAMILIES:
@@ -110,12 +121,28 @@ def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any]) -> l
     return lines + [""]
 
 
+def _refit_section(refit: Mapping[str, Any]) -> list[str]:
+    """The model refitted on every case (``radfusion train --refit-all``): what it was fitted on."""
+    calibration = (refit.get("calibration") or {}).get("description", MISSING)
+    params = ", ".join(f"{k.split('__')[-1]} = {number(v) if isinstance(v, float) else v}"
+                       for k, v in (refit.get("best_params") or {}).items()) or "none"
+    return ["## The shipped model, refitted on every case", "",
+            f"{refit.get('model')}'s configuration was built again on all {_cases(refit)} by the same rules "
+            "(TRIPOD's recommendation for the final model): its hyper-parameters chosen by grouped cross-validation "
+            "on all cases, its calibration chosen and fitted on their out-of-fold probabilities, its threshold "
+            "Youden's on them. It has no held-out test of its own: the internal test above is its configuration's.",
+            "", f"- hyper-parameters: {params}; {refit.get('n_features', '?')} features selected",
+            f"- nested cross-validated AUC over all cases: {number(refit.get('cv_auc_mean'))} ± "
+            f"{number(refit.get('cv_auc_sd'))} (outer folds), pooled {number(refit.get('cv_auc_pooled'))}",
+            f"- probability calibration: {calibration}", ""]
+
+
 def _calibration_section(manifest: Mapping[str, Any], primary: Mapping[str, Any],
                          test_labels: Mapping[str, int] | None) -> list[str]:
     from RadFusionScreenLib.stats import calibration_intercept_slope, hosmer_lemeshow_test
 
     if primary.get("calibration"):
-        return _recorded_calibration(primary["calibration"])
+        return _recorded_calibration(primary["calibration"], primary.get("validation"))
     recorded = ((manifest.get("training") or {}).get("reference") or {}).get("test_predictions") or {}
     cases = [c for c in recorded if test_labels is not None and c in test_labels]
     if len(cases) < 10:
@@ -137,17 +164,27 @@ def _calibration_section(manifest: Mapping[str, Any], primary: Mapping[str, Any]
         if hl.p_value < 0.05 else [])
 
 
-def _recorded_calibration(record: Mapping[str, Any]) -> list[str]:
-    """The calibrator and the test set's calibration before and after it, as the bundle recorded them."""
+def _recorded_calibration(record: Mapping[str, Any], validation: Mapping[str, Any] | None = None) -> list[str]:
+    """The calibrator and the test set's calibration before and after it, as the bundle recorded them
+    (for a model refitted on every case: its configuration's, with that model's own calibrator)."""
     selection = record.get("selection") or {}
+    fitted_on = selection.get("fitted_on", "the training out-of-fold probabilities")
+    if validation:  # the training set of a model refitted on every case holds the test cases too
+        fitted_on = ("the out-of-fold probabilities of every case (the configuration refitted on the outer "
+                     "cross-validation folds of all cases)")
     losses = ", ".join(f"{method} {number(value)}" for method, value in (selection.get("log_loss") or {}).items())
     lines = ["## Calibration (shipped model, internal test set)", "",
              f"Probability calibration: **{selection.get('description', MISSING)}**, chosen by nested cross-validation "
              f"(held-out log-loss: {losses or MISSING}; one-standard-error rule towards the simpler method) and "
-             f"fitted on {selection.get('fitted_on', 'the training out-of-fold probabilities')}. The decision "
+             f"fitted on {fitted_on}. The decision "
              "threshold is Youden's on the calibrated out-of-fold probabilities, so it is on the scale of the "
              "probability shown.", ""]
     test = record.get("test_set")
+    if not test and validation and validation.get("calibration_test_set"):
+        test = validation["calibration_test_set"]
+        lines += [f"Checked on the internal test set with the configuration developed on the training part only "
+                  f"({validation.get('result')}, its own calibrator: {validation.get('calibrator', MISSING)}); "
+                  "the shipped model's calibration cannot be checked on cases it has seen.", ""]
     if not test:
         return lines + ["No test set: the calibration could not be checked on held-out cases.", ""]
     lines += ["| probability | calibration intercept (95% CI) | calibration slope (95% CI) "
@@ -180,7 +217,9 @@ def _limitations(cohort: Mapping[str, Any], manifest: Mapping[str, Any]) -> list
         lines.append("- Single site: no harmonisation was possible and transfer to other scanners is unknown.")
     if not cohort.get("clinical"):
         lines.append("- No clinical variables: the nomogram uses the rad-score and deep-score only.")
-    lines.append("- Internal validation only (one random split); expect lower performance elsewhere.")
+    refit = ((manifest.get("models") or {}).get("primary") or {}).get("validation")
+    lines.append("- Internal validation only (one random split" + (", of the configuration: the shipped model was "
+                 "refitted on every case" if refit else "") + "); expect lower performance elsewhere.")
     return lines + [""]
 
 

@@ -274,10 +274,11 @@ def test_demo_case_follows_the_bundles_modality(tmp_path, monkeypatch):
 
     ct = type("Screener", (), {"modality": "CT", "bundle": type("B", (), {"manifest": {}})()})()
     if (demo.LIDC / "manifest.csv").is_file():
-        image, mask, description, recorded = demo.example_case(ct, tmp_path)
+        image, mask, description, recorded, in_sample = demo.example_case(ct, tmp_path)
         assert "LIDC-IDRI nodule" in description and image.is_file() and mask.is_file() and recorded is None
+        assert in_sample is False
     monkeypatch.setattr(demo, "LIDC", tmp_path / "absent")
-    image, mask, description, _ = demo.example_case(ct, tmp_path)
+    image, mask, description, *_ = demo.example_case(ct, tmp_path)
     assert "synthetic CT phantom" in description
     assert resolve_modality(None, read_image(image)) == "CT"
     ct.modality = "MR"

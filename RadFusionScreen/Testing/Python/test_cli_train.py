@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 
 from conftest import shared_path
@@ -106,3 +108,72 @@ def test_train_from_a_manifest_extracts_and_applies_icc(tmp_path, capsys):
     assert (tmp_path / "manifest_features.csv").is_file()
     bundle = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert "params_yaml" in json.dumps(bundle)
+
+
+def _without_timings(value):
+    """A summary with its run times (which differ between runs) left out."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k not in ("seconds", "created")}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def test_refit_all_ships_the_configuration_refitted_on_every_case(tmp_path):
+    """--refit-all: the split's figures are those of a run without it, and they validate the
+    configuration; the bundle serves that configuration fitted on every case (its imputer's medians
+    are the whole cohort's), records in-sample predictions under their own name, and its card and
+    operating point say whose figures they are."""
+    from RadFusionScreenLib.app.train_command import build_model
+    from RadFusionScreenLib.core.errors import InputError
+    from RadFusionScreenLib.explanation.reasons import operating_point
+    from RadFusionScreenLib.model.bundle import load_bundle, recorded_predictions
+    from safetensors.numpy import load_file
+
+    table = feature_table(120, seed=3).drop(columns="site")
+    table.loc[table.index[::7], "original_firstorder_f0"] = np.nan  # medians are what the imputer learns
+    path = tmp_path / "features.csv"
+    table.to_csv(path, index=False)
+    options = TrainOptions(clinical=("age",), group_column="duplicate_group", feature_sets=("radiomic", "fused"),
+                           classifiers=("lr",), grid="quick", outer_folds=3, inner_folds=3, n_boot=200, jobs=1)
+    split_only = build_model(path, tmp_path / "split", options)
+    refit = build_model(path, tmp_path / "refit", replace(options, refit_all=True))
+
+    summary = _without_timings(refit.summary)
+    refit_record = summary.pop("refit")
+    assert _without_timings(split_only.summary["models"]) == summary["models"]  # the split's figures are untouched
+    assert (refit_record["n"], refit_record["n_positive"]) == (len(table), int(table["label"].sum()))
+
+    split_manifest = json.loads((tmp_path / "split" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "refit" / "manifest.json").read_text())
+    validation = manifest["models"]["primary"]["validation"]
+    assert validation["metrics"]["test_auc"] == split_manifest["models"]["primary"]["metrics"]["test_auc"]
+    assert validation["threshold"] == split_manifest["decision_threshold"]
+    assert "test_auc" not in manifest["models"]["primary"]["metrics"]  # the refitted model has no test of its own
+
+    def imputer_median(folder):  # the primary model's fill value of f0 (a planted-signal feature it keeps)
+        columns = json.loads((folder / "manifest.json").read_text())["models"]["primary"]["spec"]["steps"][0]
+        fill = load_file(str(folder / "weights.safetensors"))[columns["fill"]]
+        return fill[columns["numeric"].index("original_firstorder_f0")]
+
+    test_cases = set(split_manifest["training"]["reference"]["test_predictions"])
+    training = table[~table["case_id"].isin(test_cases)]
+    assert imputer_median(tmp_path / "split") == pytest.approx(training["original_firstorder_f0"].median())
+    assert imputer_median(tmp_path / "refit") == pytest.approx(table["original_firstorder_f0"].median())
+
+    recorded, in_sample = recorded_predictions(manifest)
+    assert in_sample and set(recorded) == test_cases and "test_predictions" not in manifest["training"]["reference"]
+    bundle = load_bundle(tmp_path / "refit")
+    rows = table.set_index("case_id").loc[sorted(test_cases)]
+    served = bundle.predict(rows[bundle.required_columns])["probability"]
+    np.testing.assert_allclose(served, [recorded[c] for c in sorted(test_cases)], rtol=0, atol=1e-9)
+
+    card = (tmp_path / "refit" / "README.md").read_text()
+    assert f"refitted on all {len(table)} cases" in card and "## The shipped model, refitted on every case" in card
+    assert "the shipped model's calibration cannot be checked on cases it has seen" in card
+    point, split_point = operating_point(manifest), operating_point(split_manifest)
+    assert point["sensitivity"] == split_point["sensitivity"] and point["threshold"] == split_point["threshold"]
+    assert "refitted on every case" in point["source"]
+
+    with pytest.raises(InputError, match="external validation keeps its site out"):
+        build_model(path, None, replace(options, refit_all=True, site_column="site", external_site="A"))

@@ -14,7 +14,7 @@ from RadFusionScreenLib.model.bundle.export import ExportedModel, export_pipelin
 from RadFusionScreenLib.model.bundle.inference import BundleModel
 from RadFusionScreenLib.model.bundle.layout import ENGINE_FILES, FORMAT, FORMAT_VERSION, LOCK, MANIFEST, MODEL_CARD, \
     PICKLE_SUFFIXES, SIGNATURE, WEIGHTS
-from RadFusionScreenLib.model.bundle.loading import Bundle, load_bundle
+from RadFusionScreenLib.model.bundle.loading import Bundle, load_bundle, recorded_predictions
 from RadFusionScreenLib.model.bundle.signing import generate_key, sign_bundle
 from RadFusionScreenLib.model.bundle.trust import KEYS_DIR, PROJECT_SIGNER, SHIPPED_PINS, Provenance, bundle_digest, \
     canonical_json, check_lock, check_pinned, environment_warnings, file_sha256, key_id, lock_bytes, lock_record, \
@@ -26,6 +26,7 @@ __all__ = [
     "PROJECT_SIGNER", "SHIPPED_PINS", "SIGNATURE", "WEIGHTS",
     "Bundle", "BundleError", "BundleModel", "ExportedModel", "Provenance",
     "bundle_digest", "canonical_json", "check_lock", "check_pinned", "environment_warnings", "export_pipeline",
-    "file_sha256", "generate_key", "key_id", "load_bundle", "lock_bytes", "lock_record", "shipped_pins",
+    "file_sha256", "generate_key", "key_id", "load_bundle", "lock_bytes", "lock_record", "recorded_predictions",
+    "shipped_pins",
     "sign_bundle", "trusted_keys", "user_keys_dirs", "verify_signature", "write_bundle", "write_model_card",
 ]

@@ -217,3 +217,13 @@ def _load_weights(contents: Mapping[str, bytes]) -> dict[str, np.ndarray]:
         return load(contents[WEIGHTS])
     except Exception as exc:  # safetensors raises its own error types for a corrupt header
         raise BundleError(f"{WEIGHTS} cannot be read: {exc}") from None
+
+
+def recorded_predictions(manifest: Mapping[str, Any]) -> tuple[dict[str, float], bool]:
+    """The probabilities a bundle recorded for its internal test cases (case_id -> probability),
+    so a re-screened case can be compared with the bundle's own number, and whether the shipped
+    model has seen those cases: True for a model refitted on every case (``refit_predictions``)."""
+    reference = (manifest.get("training") or {}).get("reference") or {}
+    if reference.get("refit_predictions"):
+        return {str(k): float(v) for k, v in reference["refit_predictions"].items()}, True
+    return {str(k): float(v) for k, v in (reference.get("test_predictions") or {}).items()}, False

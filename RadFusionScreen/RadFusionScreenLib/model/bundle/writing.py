@@ -40,9 +40,14 @@ def write_bundle(
     training_summary: Mapping[str, Any],
     feature_set: str = "fused",
     classifier: str | None = None,
+    validation: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the comparison's model of ``feature_set`` (best by CV AUC, or ``classifier``),
     its rad/deep-score models and nomogram as a bundle folder; returns the folder.
+
+    ``validation``: for a model refitted on every case (``radfusion train --refit-all``), the
+    internal-test record of its configuration (``train_command.validation_record``), kept as the
+    primary model's ``validation``: what the card and the operating point report.
 
     The folder is built beside ``out_dir`` and renamed into place, so a failure never
     leaves a half-written bundle; an existing folder is replaced only if it is a bundle.
@@ -51,6 +56,8 @@ def write_bundle(
     arrays: dict[str, np.ndarray] = {}
     files: dict[str, bytes] = {}
     models = {"primary": _model_entry(primary, "primary", arrays, files) | _calibration_entry(primary, comparison)}
+    if validation is not None:
+        models["primary"]["validation"] = dict(validation)
     for score, result in _score_results(comparison).items():
         models[score] = _model_entry(result, score, arrays, files)
     manifest = {
