@@ -350,20 +350,16 @@ def refit_on_all_cases(cases: pd.DataFrame, split: Any, columns: FeatureColumns,
 def validation_record(comparison: Any, validated: Any, split: Any) -> dict[str, Any]:
     """The split's figures of the configuration a refitted model keeps: its model developed on the
     training part, its threshold, test metrics and test calibration (before / after its calibrator)."""
-    from RadFusionScreenLib.model.calibration import calibration_metrics
+    from RadFusionScreenLib.model.bundle.writing import calibration_on_test_set
 
-    record: dict[str, Any] = {
+    return {
         "what": "the same configuration developed on the training part only and tested once on the internal "
                 "test part; the shipped model is that configuration refitted on every case",
         "result": validated.name, "threshold": validated.threshold, "metrics": validated.row(),
-        "split": split.description, "calibration_test_set": None,
+        "split": split.description,
+        "calibrator": None if validated.calibration is None else validated.calibration.calibrator.describe(),
+        "calibration_test_set": calibration_on_test_set(validated, comparison.y_test),
     }
-    if validated.calibration is not None and validated.test_probability_uncalibrated is not None:
-        record["calibrator"] = validated.calibration.calibrator.describe()
-        record["calibration_test_set"] = {
-            "before": calibration_metrics(comparison.y_test, validated.test_probability_uncalibrated),
-            "after": calibration_metrics(comparison.y_test, validated.test_probability)}
-    return record
 
 
 def refit_summary(refit: Any, cases: pd.DataFrame, options: TrainOptions) -> dict[str, Any]:

@@ -116,11 +116,16 @@ def _calibration_entry(result: Any, comparison: Any) -> dict[str, Any]:
     record: dict[str, Any] = {"calibrator": selection.calibrator.to_dict(), "selection": selection.to_dict(),
                               "threshold_rule": "Youden on the calibrated training out-of-fold probabilities",
                               "test_set": None}
-    raw, y_test = getattr(result, "test_probability_uncalibrated", None), comparison.y_test
-    if raw is not None and y_test is not None and result.test_probability is not None:
-        record["test_set"] = {"before": calibration_metrics(y_test, raw),
-                              "after": calibration_metrics(y_test, result.test_probability)}
+    record["test_set"] = calibration_on_test_set(result, comparison.y_test)
     return {"calibration": record}
+
+
+def calibration_on_test_set(result: Any, y_test: np.ndarray | None) -> dict[str, Any] | None:
+    """A model's test-set calibration before and after its calibrator; None without a test set."""
+    raw = getattr(result, "test_probability_uncalibrated", None)
+    if raw is None or y_test is None or result.test_probability is None:
+        return None
+    return {"before": calibration_metrics(y_test, raw), "after": calibration_metrics(y_test, result.test_probability)}
 
 
 def _nomogram_entry(comparison: Any) -> dict[str, Any] | None:
