@@ -153,10 +153,10 @@ def operating_point(manifest: Mapping[str, Any], conf_level: float = 0.95) -> di
     threshold = float(manifest.get("decision_threshold", primary.get("threshold", float("nan"))))
     source = (f"the bundle's internal test set ({int(test['n'])} cases, {positives} positive), "
               "used once after the model and its threshold were fixed")
-    if validation:
-        threshold = float(validation.get("threshold", float("nan")))
-        source += (f"; measured on the same configuration developed without those cases (its threshold "
-                   f"{threshold:.3f}); the shipped model is that configuration refitted on every case")
+    if validation:  # the rates are the procedure's: its model without the test cases, at its own Youden threshold
+        source += (f"; measured on the same configuration developed without those cases, at its own threshold "
+                   f"{float(validation.get('threshold', float('nan'))):.3f}; the shipped model is that "
+                   "configuration refitted on every case")
     return {
         "model": primary.get("result"), "threshold": threshold,
         "threshold_rule": "Youden's J on the training set's out-of-fold predictions",
