@@ -37,39 +37,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "RadFusionScreen"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from RadFusionScreenLib.app.train_command import TrainOptions  # noqa: E402
-from RadFusionScreenLib.model.calibration import calibration_metrics, select_calibrator  # noqa: E402
-from RadFusionScreenLib.model.train import (StratifiedSiteKFold, build_pipeline, build_search, fit_model,  # noqa: E402
-                                            group_labels, infer_feature_columns, param_grid, predict_probability,
-                                            split_cohort)
+from lidc_configuration import (DEFAULT_TABLE, REPO, build_configuration, fused_columns,  # noqa: E402
+                                read_feature_table, shipped_options)
+from RadFusionScreenLib.model.calibration import calibration_metrics  # noqa: E402
+from RadFusionScreenLib.model.train import StratifiedSiteKFold, group_labels, split_cohort  # noqa: E402
 from RadFusionScreenLib.stats.roc import roc_auc  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "lidc_refit_validation.json"
-OPTIONS = TrainOptions(clinical=("diameter_mm",), group_column="patient_id", site_column=None)  # the shipped run's
+OPTIONS = shipped_options()
 FIGURES = ("auc", "intercept", "slope")
-
-
-def build_configuration(cases: pd.DataFrame, columns: list[str]):
-    """The fused logistic regression as `radfusion train` builds it on ``cases``: grid search over
-    grouped inner folds, the calibrator chosen and fitted on the outer folds' out-of-fold
-    probabilities of that configuration. Returns a function: table -> calibrated probability."""
-    from sklearn.base import clone
-
-    settings = OPTIONS.settings()
-    y, groups = cases[OPTIONS.label_column].to_numpy(int), group_labels(cases, OPTIONS.group_column)
-    search = build_search(build_pipeline(columns, "lr", settings), param_grid("lr", OPTIONS.grid),
-                          StratifiedSiteKFold(OPTIONS.inner_folds, None, random_state=settings.random_state + 1))
-    final = fit_model(search, cases, y, groups)
-    out_of_fold = np.full(len(cases), np.nan)
-    outer = StratifiedSiteKFold(OPTIONS.outer_folds, None, random_state=settings.random_state)
-    for fold_train, fold_valid in outer.split(cases, y, groups):
-        model = fit_model(clone(final.best_estimator_), cases.iloc[fold_train], y[fold_train])
-        out_of_fold[fold_valid] = predict_probability(model, cases.iloc[fold_valid])
-    calibration = select_calibrator(out_of_fold, y, groups, OPTIONS.inner_folds, settings.random_state)
-    return lambda table: calibration.apply(predict_probability(final, table))
 
 
 def figures(y: np.ndarray, probability: np.ndarray) -> dict[str, float]:
@@ -87,7 +65,7 @@ def replicate(table: pd.DataFrame, columns: list[str], seed: int) -> dict:
     sample = table.iloc[np.concatenate([rows[p] for p in drawn])]
     if sample[OPTIONS.label_column].nunique() < 2:
         return {"seed": seed, "skipped": "one class"}
-    predict = build_configuration(sample, columns)
+    predict = build_configuration(sample, columns, OPTIONS).probability
     y_sample, y_all = sample[OPTIONS.label_column].to_numpy(int), table[OPTIONS.label_column].to_numpy(int)
     return {"seed": seed, "sample": figures(y_sample, predict(sample)), "original": figures(y_all, predict(table)),
             "seconds": time.perf_counter() - started}
@@ -117,7 +95,7 @@ def cv_repeat(table: pd.DataFrame, columns: list[str], repeat: int) -> dict:
     probability = np.full(len(table), np.nan)
     folds = StratifiedSiteKFold(OPTIONS.outer_folds, None, random_state=1000 + repeat)
     for fold_train, fold_test in folds.split(table, y, groups):
-        predict = build_configuration(table.iloc[fold_train], columns)
+        predict = build_configuration(table.iloc[fold_train], columns, OPTIONS).probability
         probability[fold_test] = predict(table.iloc[fold_test])
     return {"repeat": repeat, **figures(y, probability), "seconds": time.perf_counter() - started}
 
@@ -153,23 +131,21 @@ def main() -> int:
     parser.add_argument("--parts", nargs="+", choices=["bootstrap", "cv"], default=["bootstrap", "cv"])
     parser.add_argument("--replicates", type=int, default=100, help="bootstrap replicates")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of grouped 5-fold CV")
-    parser.add_argument("--table", type=Path, default=REPO / "out" / "lidc_features.csv")
+    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE)
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    if not args.table.is_file():
-        print(f"no feature table at {args.table}: run scripts/train_lidc_model.sh first", file=sys.stderr)
+    table = read_feature_table(args.table)
+    if table is None:
         return 1
-    table = pd.read_csv(args.table, low_memory=False)
-    table = table[table["error"].isna() | (table["error"].astype(str) == "")] if "error" in table else table
     # in the order `radfusion train --refit-all` fits them (training part, then test part): fold
     # assignment follows row order, and the apparent model must be the shipped one
     split = split_cohort(table, OPTIONS.test_size, OPTIONS.seed, stratify=OPTIONS.label_column,
                          groups=OPTIONS.group_column)
     table = pd.concat([split.train, split.test]).reset_index(drop=True)
-    columns = list(infer_feature_columns(table, OPTIONS.clinical).for_set("fused"))
+    columns = fused_columns(table, OPTIONS)
     started = time.perf_counter()
-    shipped = build_configuration(table, columns)
+    shipped = build_configuration(table, columns, OPTIONS).probability
     reproduced = shipped_difference(table, shipped)
     print(f"the shipped bundle's recorded probabilities reproduced to {reproduced:.2g}")
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
