@@ -180,7 +180,8 @@ def _recorded_calibration(record: Mapping[str, Any], validation: Mapping[str, An
              "threshold is Youden's on the calibrated out-of-fold probabilities, so it is on the scale of the "
              "probability shown.", ""]
     test = record.get("test_set")
-    if not test and validation and validation.get("calibration_test_set"):
+    configuration = not test and bool(validation and validation.get("calibration_test_set"))
+    if configuration:
         test = validation["calibration_test_set"]
         lines += [f"Checked on the internal test set with the configuration developed on the training part only "
                   f"({validation.get('result')}, its own calibrator: {validation.get('calibrator', MISSING)}); "
@@ -189,7 +190,8 @@ def _recorded_calibration(record: Mapping[str, Any], validation: Mapping[str, An
         return lines + ["No test set: the calibration could not be checked on held-out cases.", ""]
     lines += ["| probability | calibration intercept (95% CI) | calibration slope (95% CI) "
               "| Hosmer-Lemeshow χ² (df), p | mean predicted / observed |", "|---|---|---|---|---|"]
-    for when, label in (("before", "before: the classifier's output"), ("after", "after: calibrated (shown)")):
+    shown = "its calibrated probability" if configuration else "calibrated (shown)"
+    for when, label in (("before", "before: the classifier's output"), ("after", f"after: {shown}")):
         m = test.get(when) or {}
         hl = m.get("hosmer_lemeshow") or {}
         hl_text = (MISSING if not hl else f"{number(hl.get('statistic'), 2)} ({hl.get('df')}), "
@@ -199,9 +201,10 @@ def _recorded_calibration(record: Mapping[str, Any], validation: Mapping[str, An
     after = test.get("after") or {}
     lines += ["", f"{after.get('n', '?')} test cases; Wald intervals; ideal intercept 0 and slope 1.", ""]
     if ((after.get("hosmer_lemeshow") or {}).get("p_value") or 1.0) < 0.05:
-        lines += ["**The calibrated probabilities are still miscalibrated on the test set** (Hosmer-Lemeshow "
-                  "p < 0.05): read them as a ranking against the decision threshold, and recalibrate on local data "
-                  "before quoting them as risks.", ""]
+        whose = "The configuration's calibrated probabilities were" if configuration else \
+            "The calibrated probabilities are still"
+        lines += [f"**{whose} miscalibrated on the test set** (Hosmer-Lemeshow p < 0.05): read them as a ranking "
+                  "against the decision threshold, and recalibrate on local data before quoting them as risks.", ""]
     return lines
 
 

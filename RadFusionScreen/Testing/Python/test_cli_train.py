@@ -171,6 +171,7 @@ def test_refit_all_ships_the_configuration_refitted_on_every_case(tmp_path):
     card = (tmp_path / "refit" / "README.md").read_text()
     assert f"refitted on all {len(table)} cases" in card and "## The shipped model, refitted on every case" in card
     assert "the shipped model's calibration cannot be checked on cases it has seen" in card
+    assert "| after: its calibrated probability |" in card and "calibrated (shown)" not in card
     point, split_point = operating_point(manifest), operating_point(split_manifest)
     assert point["sensitivity"] == split_point["sensitivity"] and point["threshold"] == manifest["decision_threshold"]
     assert f"at its own threshold {split_point['threshold']:.3f}" in point["source"]

@@ -115,8 +115,7 @@ def _calibration_entry(result: Any, comparison: Any) -> dict[str, Any]:
         return {}
     record: dict[str, Any] = {"calibrator": selection.calibrator.to_dict(), "selection": selection.to_dict(),
                               "threshold_rule": "Youden on the calibrated training out-of-fold probabilities",
-                              "test_set": None}
-    record["test_set"] = calibration_on_test_set(result, comparison.y_test)
+                              "test_set": calibration_on_test_set(result, comparison.y_test)}
     return {"calibration": record}
 
 
