@@ -127,6 +127,11 @@ def build_model(
         comparison.notes.insert(0, icc_note)
     cohort = cohort_description(table, split, options, columns)
     summary = comparison_summary(comparison, cohort=cohort, settings=_settings_record(options))
+    shipped_comparison, validation, reference_cases = comparison, None, split.train
+    if options.refit_all:
+        reference_cases = pd.concat([split.train, split.test])
+        shipped_comparison, validation = refit_on_all_cases(reference_cases, split, columns, comparison, options, log)
+        summary["refit"] = refit_summary(shipped_comparison, reference_cases, options)
     report = None
     if report_path is not None:
         report = Path(report_path)
@@ -134,11 +139,6 @@ def build_model(
         shap = _shap_of(comparison, shipped, split.test if len(split.test) else split.train)
         write_report(report, comparison, summary, shap, shipped)
         log(f"report -> {report}")
-    shipped_comparison, validation, reference_cases = comparison, None, split.train
-    if options.refit_all:
-        reference_cases = pd.concat([split.train, split.test])
-        shipped_comparison, validation = refit_on_all_cases(reference_cases, split, columns, comparison, options, log)
-        summary["refit"] = refit_summary(shipped_comparison, reference_cases, options)
     bundle = None
     if out_dir is not None:
         bundle = Path(out_dir)

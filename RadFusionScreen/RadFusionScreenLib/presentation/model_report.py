@@ -156,11 +156,17 @@ def _text(value: Any) -> str:
 
 # -------------------------------------------------------------------- sections
 def _header(summary: Mapping[str, Any], selected: str) -> str:
+    refit = summary.get("refit")
+    refit_text = "" if not refit else (
+        f" The bundle serves {selected}'s configuration refitted on all {refit.get('n', MISSING)} cases "
+        f"(--refit-all; nested cross-validated AUC over all cases {number(refit.get('cv_auc_mean'))} ± "
+        f"{number(refit.get('cv_auc_sd'))}): every figure below is that of the configuration developed on the "
+        "training part only.")
     return (f"<h1>RadFusionScreen model comparison</h1>\n"
             f"<p class=\"warning\">{_e(RESEARCH_USE)}</p>\n"
             + _paragraph(f"Created {summary.get('created', MISSING)}. Best model by cross-validated AUC: "
                          f"{summary.get('best_model', MISSING)}; selected model: {selected}. "
-                         f"Curves and tests use the {summary.get('evaluation_set', MISSING)}."))
+                         f"Curves and tests use the {summary.get('evaluation_set', MISSING)}.{refit_text}"))
 
 
 def _cohort_section(summary: Mapping[str, Any]) -> str:

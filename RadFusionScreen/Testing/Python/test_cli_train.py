@@ -137,7 +137,7 @@ def test_refit_all_ships_the_configuration_refitted_on_every_case(tmp_path):
     options = TrainOptions(clinical=("age",), group_column="duplicate_group", feature_sets=("radiomic", "fused"),
                            classifiers=("lr",), grid="quick", outer_folds=3, inner_folds=3, n_boot=200, jobs=1)
     split_only = build_model(path, tmp_path / "split", options)
-    refit = build_model(path, tmp_path / "refit", replace(options, refit_all=True))
+    refit = build_model(path, tmp_path / "refit", replace(options, refit_all=True), report_path=tmp_path / "r.html")
 
     summary = _without_timings(refit.summary)
     refit_record = summary.pop("refit")
@@ -172,6 +172,7 @@ def test_refit_all_ships_the_configuration_refitted_on_every_case(tmp_path):
     assert f"refitted on all {len(table)} cases" in card and "## The shipped model, refitted on every case" in card
     assert "the shipped model's calibration cannot be checked on cases it has seen" in card
     assert "| after: its calibrated probability |" in card and "calibrated (shown)" not in card
+    assert f"configuration refitted on all {len(table)} cases" in (tmp_path / "r.html").read_text()
     point, split_point = operating_point(manifest), operating_point(split_manifest)
     assert point["sensitivity"] == split_point["sensitivity"] and point["threshold"] == manifest["decision_threshold"]
     assert f"at its own threshold {split_point['threshold']:.3f}" in point["source"]
