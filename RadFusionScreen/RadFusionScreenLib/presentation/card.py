@@ -51,7 +51,7 @@ def model_card_text(manifest: Mapping[str, Any], notes: str = "",
     if refit:
         lines += _refit_section(refit)
     lines += _calibration_section(manifest, primary, test_labels)
-    lines += _limitations(training.get("cohort") or {}, manifest)
+    lines += _limitations(training.get("cohort") or {}, refit)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -213,14 +213,13 @@ def _estimate(metrics: Mapping[str, Any], name: str) -> str:
     return number(metrics.get(name)) + ("" if ci == MISSING else f" ({ci})")
 
 
-def _limitations(cohort: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
+def _limitations(cohort: Mapping[str, Any], refit: Mapping[str, Any] | None) -> list[str]:
     lines = ["## Limitations", ""]
     sites = (cohort.get("train") or {}).get("sites")
     if not sites or len(sites) < 2:
         lines.append("- Single site: no harmonisation was possible and transfer to other scanners is unknown.")
     if not cohort.get("clinical"):
         lines.append("- No clinical variables: the nomogram uses the rad-score and deep-score only.")
-    refit = ((manifest.get("models") or {}).get("primary") or {}).get("validation")
     lines.append("- Internal validation only (one random split" + (", of the configuration: the shipped model was "
                  "refitted on every case" if refit else "") + "); expect lower performance elsewhere.")
     return lines + [""]
