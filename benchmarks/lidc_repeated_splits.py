@@ -1,7 +1,7 @@
 """The LIDC pipeline's internal test figures over several patient-grouped splits, not one.
 
 Run:  .venv/bin/python benchmarks/lidc_repeated_splits.py [--seeds 0 1 2 3 4]
-      [--table out/lidc_features.csv] -> benchmarks/results/lidc_repeated_splits.json
+      [--table out/lidc_features.csv] [--json benchmarks/results/lidc_repeated_splits.json]
 
 The shipped CT model (scripts/train_lidc_model.sh) holds out 30 % of the patients once (seed 0),
 the hardest of 20 splits for the nodule diameter (benchmarks/lidc_split_sensitivity.py). Here
@@ -69,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--table", type=Path, default=REPO / "out" / "lidc_features.csv")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where the results go (default %(default)s)")
     args = parser.parse_args()
     if not args.table.is_file():
         raise SystemExit(f"{args.table} not found: scripts/train_lidc_model.sh writes it (radfusion train --features)")
@@ -94,11 +95,11 @@ def main() -> None:
                                                    "max": max(values)}
     summary["fused_minus_radiomic_test_auc"] = [row["fused"]["test_auc"] - row["radiomic"]["test_auc"]
                                                 for row in rows if "fused" in row and "radiomic" in row]
-    RESULTS.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"), "table": str(args.table.name),
-                                   "splits": rows, "summary": summary}, indent=1) + "\n")
+    args.json.write_text(json.dumps({"measured": time.strftime("%Y-%m-%d %H:%M"), "table": str(args.table.name),
+                                    "splits": rows, "summary": summary}, indent=1) + "\n")
     for feature_set, figures in summary.items():
         print(f"{feature_set}: {figures}")
-    print(f"-> {RESULTS.relative_to(REPO)}")
+    print(f"-> {args.json}")
 
 
 if __name__ == "__main__":

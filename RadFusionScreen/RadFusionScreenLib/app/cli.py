@@ -34,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _field_of_view(text: str):
+    from RadFusionScreenLib.core.errors import InputError
+    from RadFusionScreenLib.features.field_of_view import FieldOfView
+
+    try:
+        return FieldOfView.parse(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_extraction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", type=int, help="mask label value (default: the single non-zero label)")
     parser.add_argument("--params", help="pyradiomics params YAML (default: shipped params for the modality)")
@@ -48,6 +58,11 @@ def _add_extraction_options(parser: argparse.ArgumentParser) -> None:
                         help="CNN input of a 3D volume: the largest cross-section and its neighbours (2.5d), or "
                         "axial/coronal/sagittal planes through the ROI centre on isotropic pixels (orthogonal); "
                         "default by modality; recorded in the features and bundles (docs/deep-features.md)")
+    parser.add_argument("--field-of-view", type=_field_of_view, metavar="SLICES[,IN_PLANE[,MARGIN]]",
+                        help="cut every image to the ROI's slices plus SLICES on each side and an in-plane window "
+                        "of at least IN_PLANE voxels (default 44) and MARGIN voxels beside the ROI (default 5), so "
+                        "a crop and a whole scan give the same features; recorded in the features and bundles, "
+                        "applied at screening (docs/radiomics.md)")
     parser.add_argument("--device", default="auto", help="CNN device: auto (CUDA when present), cpu or cuda")
     parser.add_argument(
         "--names",
@@ -185,6 +200,7 @@ def _config(args: argparse.Namespace):
         names=args.names,
         segment=getattr(args, "segment", None),
         deep_options={"views": args.deep_views} if getattr(args, "deep_views", None) else None,
+        field_of_view=args.field_of_view.record() if getattr(args, "field_of_view", None) else None,
     )
 
 

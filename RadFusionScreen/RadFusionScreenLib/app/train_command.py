@@ -254,6 +254,8 @@ def extraction_record(config: Any, table: pd.DataFrame) -> dict[str, Any]:
         "pyradiomics_version": radiomic.pyradiomics_version, "label": config.label,
         "segment": getattr(config, "segment", None),
     }
+    if getattr(config, "field_of_view", None):  # only when set: bundles without it screen the whole input
+        record["field_of_view"] = dict(config.field_of_view)
     if config.deep is not None:
         from RadFusionScreenLib.features.deep import get_deep_extractor
 

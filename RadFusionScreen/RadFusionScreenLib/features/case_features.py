@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from RadFusionScreenLib.core.version import __version__
 from RadFusionScreenLib.core.errors import InputError
+from RadFusionScreenLib.features.field_of_view import FieldOfView, crop_to_field_of_view
 
 MODALITIES = ("CT", "MR", "US")
 NAME_STYLES = ("pyradiomics", "ibsi")
@@ -46,9 +47,14 @@ class ExtractionConfig:
     # Deep extractor options (RoiPreprocessing fields, e.g. {"views": "orthogonal"}); None → the
     # backbone's defaults for the modality. Recorded in a bundle through the extractor's settings.
     deep_options: dict[str, Any] | None = None
+    # The region around the ROI the features see (features.field_of_view.FieldOfView fields, e.g.
+    # {"slice_margin": 0}); None → the whole input. Recorded in a bundle; screening applies it.
+    field_of_view: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         self.segment = normalise_segment(self.segment)
+        if self.field_of_view is not None:
+            self.field_of_view = FieldOfView.from_record(self.field_of_view).record()
         if self.deep_options is not None and not isinstance(self.deep_options, dict):
             raise InputError(f"deep_options must be a mapping of deep-extractor options, got {self.deep_options!r}")
         if self.deep_options and {"modality", "device"} & set(self.deep_options):
@@ -77,6 +83,7 @@ class ExtractionConfig:
             "segment": self.segment,
             # only when set, so caches of the default settings stay valid
             **({"deep_options": self.deep_options} if self.deep_options else {}),
+            **({"field_of_view": self.field_of_view} if self.field_of_view else {}),
         }
 
 
@@ -140,6 +147,9 @@ class CaseFeatureExtractor:
     ) -> CaseFeatures:
         """Features of a geometry-checked image and binary mask."""
         modality = resolve_modality(self.config.modality or modality, image)
+        metadata = case_metadata(image, mask, modality, source or {})  # of the input as given
+        if self.config.field_of_view is not None:
+            image, mask = crop_to_field_of_view(image, mask, FieldOfView.from_record(self.config.field_of_view))
         radiomic_extractor = self._radiomic_extractor(modality)
         radiomic, radiomic_notes = radiomic_extractor.execute_case(image, mask)
         if self.config.names == "ibsi":
@@ -151,7 +161,6 @@ class CaseFeatureExtractor:
         if deep_extractor is not None:
             values = deep_extractor.extract(image, mask)
             deep = dict(zip(deep_extractor.feature_names(), (float(v) for v in values)))
-        metadata = case_metadata(image, mask, modality, source or {})
         metadata["params_sha256"] = radiomic_extractor.params_hash
         metadata["radiomics_notes"] = "; ".join(radiomic_notes)  # thin-volume treatments (radiomic.extractor doc)
         metadata["cnn_backbone"] = deep_extractor.name if deep_extractor is not None else ""

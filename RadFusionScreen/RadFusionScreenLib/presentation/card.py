@@ -80,7 +80,9 @@ def _cohort_section(cohort: Mapping[str, Any], refit: Mapping[str, Any] | None) 
 
 def _model_section(primary: Mapping[str, Any], manifest: Mapping[str, Any],
                    refit: Mapping[str, Any] | None) -> list[str]:
-    deep = (manifest.get("extraction") or {}).get("deep") or {}
+    extraction = manifest.get("extraction") or {}
+    deep = extraction.get("deep") or {}
+    field_of_view = extraction.get("field_of_view")
     fitted_on = f"all {refit.get('n', '?')} cases'" if refit else "training"
     return ["## Shipped model", "",
             f"- {primary.get('result')} ({primary.get('feature_set')} features, classifier {primary.get('classifier')}), "
@@ -88,7 +90,12 @@ def _model_section(primary: Mapping[str, Any], manifest: Mapping[str, Any],
             f"- decision threshold {number(manifest.get('decision_threshold'))} (Youden, on {fitted_on} out-of-fold "
             "predictions)",
             f"- deep features: {deep.get('backbone', '?')} ({deep.get('weights', '')}), {deep.get('layer', '')}",
-            "- radiomic features: PyRadiomics with the params YAML recorded in manifest.json", ""]
+            "- radiomic features: PyRadiomics with the params YAML recorded in manifest.json",
+            (f"- field of view: every image cut to the ROI's slices ± {field_of_view.get('slice_margin')} and an "
+             f"in-plane window of at least {field_of_view.get('in_plane_voxels')} voxels "
+             f"({field_of_view.get('in_plane_margin')} beside the ROI), in training and at screening"
+             if field_of_view else "- field of view: the whole image as given (features can depend on how far it "
+             "extends beyond the ROI)"), ""]
 
 
 def _metrics_section(models: Mapping[str, Any], metrics: Mapping[str, Any],

@@ -4,7 +4,10 @@
 the batch CLI do); :func:`screen` is the one-call API. Per case:
 
 1. image + mask → geometry-checked binary ROI (paths, SimpleITK images or numpy arrays);
-2. radiomic features with the bundle's own pyradiomics params, deep features with the
+2. the bundle's field of view, when it records one (the region around the ROI its features
+   were extracted from, :mod:`RadFusionScreenLib.features.field_of_view`): a whole scan is cut
+   to what the training crops showed;
+   radiomic features with the bundle's own pyradiomics params, deep features with the
    bundle's network (its weights' SHA-256 is checked against the installed file);
 3. the bundle's fused model → probability (calibrated by the bundle's calibrator, see
    :mod:`RadFusionScreenLib.model.calibration`; the classifier's own output is kept as
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +39,7 @@ from RadFusionScreenLib.core.errors import InputError
 from RadFusionScreenLib.core.files import write_atomically
 from RadFusionScreenLib.core.locations import resolve_model_path
 from RadFusionScreenLib.core.text import MISSING, number
+from RadFusionScreenLib.features.field_of_view import FieldOfView, crop_to_field_of_view, paste_into
 from RadFusionScreenLib.model.roles import DEEP_SCORE, RAD_SCORE
 
 RISK_CLASSES = ("low", "high")  # below / at or above the bundle's decision threshold
@@ -216,6 +220,7 @@ class Screener(ModelDescription):
                              "(it was trained on a feature table): it cannot screen images")
         self._radiomic = _radiomic_extractor(self.extraction, 1 if processes is None else processes)
         self._deep = _deep_extractor(self.extraction, device)
+        self._field_of_view = FieldOfView.from_record(self.extraction.get("field_of_view"))
         self.load_seconds = time.perf_counter() - started
 
     def screen(self, image: Any, mask: Any, clinical: Mapping[str, Any] | None = None, site: str | None = None,
@@ -235,11 +240,14 @@ class Screener(ModelDescription):
         timings["io"] = _lap(clock)
         self._check_modality(image, modality or file_modality)
         row = self._clinical_row(clinical, site)
+        seen_image, seen_mask = image, mask  # what the features see: the bundle's field of view, if any
+        if self._field_of_view is not None:
+            seen_image, seen_mask = crop_to_field_of_view(image, mask, self._field_of_view)
         clock = time.perf_counter()
-        radiomic, radiomic_notes = self._radiomic.execute_case(image, mask)
+        radiomic, radiomic_notes = self._radiomic.execute_case(seen_image, seen_mask)
         timings["radiomics"] = _lap(clock)
         clock = time.perf_counter()
-        deep_values = self._deep.extract(image, mask)
+        deep_values = self._deep.extract(seen_image, seen_mask)
         deep = dict(zip(self._deep.feature_names(), (float(v) for v in deep_values)))
         timings["deep"] = _lap(clock)
         roi_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
@@ -251,7 +259,9 @@ class Screener(ModelDescription):
         cam = None
         if heatmap and DEEP_SCORE in self.bundle.score_models:
             clock = time.perf_counter()
-            cam = self._grad_cam(image, mask, frame)
+            cam = self._grad_cam(seen_image, seen_mask, frame)
+            if seen_image is not image:  # the map on the input's grid, as the viewer overlays it
+                cam = replace(cam, image=paste_into(image, cam.image))
             timings["gradcam"] = _lap(clock)
         timings["total"] = sum(timings.values())
         warnings = (list(self.bundle.warnings) + self._warnings(frame, roi_voxels)
