@@ -68,7 +68,7 @@ def field_of_view_region(mask: sitk.Image, rule: FieldOfView) -> tuple[list[int]
     """Start index and size (x, y[, z]) of the region ``rule`` keeps around the mask's ROI."""
     occupied = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)  # (z,) y, x rows
     if occupied.size == 0:
-        raise InputError("the mask is empty: draw the lesion's segment before screening")
+        raise InputError("the mask is empty: there is no ROI to place the field of view around")
     low, high = occupied.min(axis=0)[::-1], occupied.max(axis=0)[::-1]  # x, y(, z)
     size = np.array(mask.GetSize())
     start, stop = np.zeros(size.size, dtype=int), size.copy()
