@@ -52,8 +52,7 @@ from torch import nn
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
 
-from lidc_deep_variants import LIDC, RESULTS, fixed_features_oof, load_cohort, outer_folds  # noqa: E402
-from RadFusionScreenLib.stats.roc import auc_ci_delong, delong_test  # noqa: E402
+from lidc_deep_variants import LIDC, RESULTS, fixed_features_oof, load_cohort, outer_folds, summarise  # noqa: E402
 
 PATCH_XYZ = (32, 32, 16)  # mm at 1 mm spacing: in-plane covers the largest nodule (32 mm)
 HU_RANGE = (-1000.0, 400.0)
@@ -123,15 +122,6 @@ def train_and_score(patches: np.ndarray, labels: np.ndarray, train: np.ndarray, 
     return torch.stack(turns).mean(dim=0).cpu().numpy().astype(np.float64)
 
 
-def summary_row(name: str, y: np.ndarray, scores: np.ndarray, against: dict[str, np.ndarray]) -> dict:
-    auc = auc_ci_delong(y, scores)
-    row = {"variant": name, "auc": auc.auc, "ci_lower": auc.ci_lower, "ci_upper": auc.ci_upper}
-    for other, reference in against.items():
-        test = delong_test(y, scores, reference)
-        row[f"delta_vs_{other}"], row[f"p_vs_{other}"] = test.auc_difference, test.p_value
-    return row
-
-
 def shipped_configuration_oof(case_ids: pd.Series, folds) -> np.ndarray | None:
     """Out-of-fold probabilities of the CT bundle's configuration (lidc_configuration.build_configuration)."""
     from lidc_configuration import DEFAULT_TABLE, build_configuration, fused_columns, read_feature_table, shipped_options
@@ -181,20 +171,20 @@ def main() -> None:
             oof[test] = train_and_score(patches, y, train, test, seed, args.epochs, device)
             fold_seconds.append(time.perf_counter() - fold_started)
         scores[f"d_seed{seed}"] = oof
-        results.append(summary_row(f"d_seed{seed}", y, oof, against))
+        results.append(summarise(f"d_seed{seed}", y, oof, against))
         print(results[-1], flush=True)
 
     nodules = pd.read_csv(LIDC / "nodules.csv").set_index("case_id").reindex(table["case_id"])
     readers = nodules[["diameter_mm", *READER_RATINGS]].to_numpy(float)
     scores["readers"], _ = fixed_features_oof(readers, table, folds)
-    results.append(summary_row("readers (diameter + 8 ratings)", y, scores["readers"], against))
+    results.append(summarise("readers (diameter + 8 ratings)", y, scores["readers"], against))
     shipped = shipped_configuration_oof(table["case_id"], folds)
     if shipped is not None:
         scores["shipped"] = shipped
-        results.append(summary_row("shipped configuration (fused)", y, shipped, against))
+        results.append(summarise("shipped configuration (fused)", y, shipped, against))
         for key in [k for k in scores if k.startswith("d_seed")]:
             combined = logit(shipped) + logit(scores[key])
-            results.append(summary_row(f"shipped + {key}", y, combined, {"shipped": shipped, **against}))
+            results.append(summarise(f"shipped + {key}", y, combined, {"shipped": shipped, **against}))
 
     report = {
         "cohort": {"n": len(table), "patients": int(table["patient_id"].nunique()), "malignant": int(y.sum())},

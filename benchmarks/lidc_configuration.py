@@ -5,6 +5,7 @@ out-of-fold probabilities of the chosen configuration (as ``compare_models`` doe
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,13 @@ def read_feature_table(path: Path) -> pd.DataFrame | None:
         return None
     table = pd.read_csv(path, low_memory=False)
     return table[table["error"].isna() | (table["error"].astype(str) == "")] if "error" in table else table
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """--table, --json and --workers, as every benchmark of the shipped configuration takes them."""
+    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    parser.add_argument("--json", type=Path, default=results)
+    parser.add_argument("--workers", type=int, default=2)
 
 
 def fused_columns(table: pd.DataFrame, options: TrainOptions) -> list[str]:

@@ -129,12 +129,13 @@ def engine_extraction(images, views: str, threads: int) -> tuple[np.ndarray, lis
     return np.stack(means), rows, seconds
 
 
-def summarise(name: str, y: np.ndarray, scores: np.ndarray, reference: np.ndarray | None) -> dict:
+def summarise(name: str, y: np.ndarray, scores: np.ndarray, against: dict[str, np.ndarray]) -> dict:
+    """AUC with its DeLong CI, and the paired DeLong difference and p against each named reference."""
     auc = auc_ci_delong(y, scores)
     row = {"variant": name, "auc": auc.auc, "ci_lower": auc.ci_lower, "ci_upper": auc.ci_upper}
-    if reference is not None:
+    for other, reference in against.items():
         test = delong_test(y, scores, reference)
-        row.update({"delta_vs_a": test.auc_difference, "p_vs_a": test.p_value})
+        row[f"delta_vs_{other}"], row[f"p_vs_{other}"] = test.auc_difference, test.p_value
     return row
 
 
@@ -234,9 +235,9 @@ def main() -> None:
             fine_tuning_log.setdefault(name, []).extend(log)
         cache = crops = None
 
-    rows = [summarise("a", y, scores["a"], None)]
-    rows += [summarise(name, y, value, scores["a"]) for name, value in scores.items() if name != "a"]
-    rows.append(summarise("diameter", y, table["diameter_mm"].to_numpy(), scores["a"]))
+    rows = [summarise("a", y, scores["a"], {})]
+    rows += [summarise(name, y, value, {"a": scores["a"]}) for name, value in scores.items() if name != "a"]
+    rows.append(summarise("diameter", y, table["diameter_mm"].to_numpy(), {"a": scores["a"]}))
     over_seeds = {}
     for name in fine_tuning_log:
         aucs = [row["auc"] for row in rows if row["variant"].startswith(f"c_{name}_seed")]

@@ -37,7 +37,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lidc_configuration import (DEFAULT_TABLE, REPO, build_configuration, fused_columns,  # noqa: E402
+from lidc_configuration import (REPO, add_common_arguments, build_configuration, fused_columns,  # noqa: E402
                                 read_feature_table, shipped_options)
 from RadFusionScreenLib.model.calibration import calibration_metrics  # noqa: E402
 from RadFusionScreenLib.model.train import predict_probability, split_cohort  # noqa: E402
@@ -69,9 +69,7 @@ def one_split(table: pd.DataFrame, seed: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE)
-    parser.add_argument("--json", type=Path, default=RESULTS)
-    parser.add_argument("--workers", type=int, default=2)
+    add_common_arguments(parser, RESULTS)
     args = parser.parse_args()
     table = read_feature_table(args.table)
     if table is None:

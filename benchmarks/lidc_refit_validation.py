@@ -39,7 +39,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lidc_configuration import (DEFAULT_TABLE, REPO, build_configuration, fused_columns,  # noqa: E402
+from lidc_configuration import (REPO, add_common_arguments, build_configuration, fused_columns,  # noqa: E402
                                 read_feature_table, shipped_options)
 from RadFusionScreenLib.model.calibration import calibration_metrics  # noqa: E402
 from RadFusionScreenLib.model.train import StratifiedSiteKFold, group_labels, split_cohort  # noqa: E402
@@ -131,9 +131,7 @@ def main() -> int:
     parser.add_argument("--parts", nargs="+", choices=["bootstrap", "cv"], default=["bootstrap", "cv"])
     parser.add_argument("--replicates", type=int, default=100, help="bootstrap replicates")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of grouped 5-fold CV")
-    parser.add_argument("--table", type=Path, default=DEFAULT_TABLE)
-    parser.add_argument("--json", type=Path, default=RESULTS)
-    parser.add_argument("--workers", type=int, default=2)
+    add_common_arguments(parser, RESULTS)
     args = parser.parse_args()
     table = read_feature_table(args.table)
     if table is None:
